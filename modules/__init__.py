@@ -1,0 +1,1 @@
+"""The application's modules: one concept per module (see DESIGN.md)."""

@@ -1,0 +1,36 @@
+"""Which device and dtypes the models run in, decided once from the flags."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    device: torch.device
+    unet_dtype: torch.dtype
+    vae_dtype: torch.dtype
+    text_encoder_dtype: torch.dtype
+
+    @classmethod
+    def cpu(cls) -> "DevicePolicy":
+        return cls(torch.device("cpu"), torch.float32, torch.float32, torch.float32)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "DevicePolicy":
+        if getattr(args, "use_cpu", False) or not torch.cuda.is_available():
+            # Half precision on a CPU is slower and less accurate than float32.
+            return cls.cpu()
+        index = args.device_id if args.device_id is not None else torch.cuda.current_device()
+        full = args.no_half or args.precision == "full"
+        half = torch.float32 if full else torch.float16
+        vae = torch.float32 if full or args.no_half_vae else torch.float16
+        return cls(torch.device("cuda", index), half, vae, half)
+
+    def describe(self) -> str:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
+        return f"{name} ({self.device}), UNet {str(self.unet_dtype).removeprefix('torch.')}, " \
+               f"VAE {str(self.vae_dtype).removeprefix('torch.')}"

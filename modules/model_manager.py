@@ -1,0 +1,119 @@
+"""The one owner of loaded models. Built once at start-up and passed to whoever needs it.
+
+It lists checkpoints and VAEs, loads one checkpoint at a time (switching frees the previous one
+first, so peak memory is one model), and holds the device/dtype policy. Loading is serialised by
+a lock; callers get the loaded model object and never reach into the manager's state.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from pathlib import Path
+
+import torch
+
+from modules import vae as vae_files
+from modules.checkpoints import CheckpointInfo, find_checkpoint, list_checkpoints
+from modules.devices import DevicePolicy
+from modules.hashes import HashCache
+from modules.paths import Paths
+from modules.sd_loader import load_checkpoint
+from modules.sd_model import StableDiffusionModel
+
+log = logging.getLogger(__name__)
+
+
+class NoCheckpointError(RuntimeError):
+    pass
+
+
+class UnknownCheckpointError(ValueError):
+    pass
+
+
+class ModelManager:
+    def __init__(self, paths: Paths, policy: DevicePolicy, *, preferred_checkpoint: str | None = None,
+                 hash_files: bool = True, vae_choice: str = vae_files.AUTOMATIC):
+        self.paths = paths
+        self.policy = policy
+        self.preferred_checkpoint = preferred_checkpoint
+        self.vae_choice = vae_choice
+        self._hashes = HashCache(paths.cache_file) if hash_files else None
+        self._lock = threading.RLock()
+        self._loaded: StableDiffusionModel | None = None
+        self._checkpoints: list[CheckpointInfo] = []
+        self._vaes: list[vae_files.VaeInfo] = []
+        self.refresh()
+
+    # ---- listing -------------------------------------------------------------------------
+    def refresh(self) -> list[CheckpointInfo]:
+        extra = (Path(self.preferred_checkpoint),) if self.preferred_checkpoint and \
+            Path(self.preferred_checkpoint).is_file() else ()
+        with self._lock:
+            self._checkpoints = list_checkpoints(self.paths.checkpoint_dirs, self._hashes, extra)
+            self._vaes = vae_files.list_vaes(self.paths.vae_dirs, self.paths.checkpoint_dirs)
+            return list(self._checkpoints)
+
+    @property
+    def checkpoints(self) -> list[CheckpointInfo]:
+        return list(self._checkpoints)
+
+    @property
+    def vaes(self) -> list[vae_files.VaeInfo]:
+        return list(self._vaes)
+
+    def default_checkpoint(self) -> CheckpointInfo:
+        if not self._checkpoints:
+            folders = ", ".join(str(p) for p in self.paths.checkpoint_dirs)
+            raise NoCheckpointError(f"no checkpoint found: put a .safetensors or .ckpt file in {folders}")
+        if self.preferred_checkpoint:
+            preferred = find_checkpoint(self._checkpoints, self.preferred_checkpoint) or \
+                next((c for c in self._checkpoints if c.path.resolve() == Path(self.preferred_checkpoint).resolve()),
+                     None)
+            if preferred:
+                return preferred
+        return self._checkpoints[0]
+
+    def find(self, query: str) -> CheckpointInfo:
+        info = find_checkpoint(self._checkpoints, query)
+        if info is None:
+            raise UnknownCheckpointError(f"unknown checkpoint {query!r}; available: "
+                                         f"{', '.join(c.title for c in self._checkpoints) or '(none)'}")
+        return info
+
+    # ---- loading -------------------------------------------------------------------------
+    @property
+    def loaded(self) -> StableDiffusionModel | None:
+        return self._loaded
+
+    def get(self, query: str | None = None) -> StableDiffusionModel:
+        """The model for `query` (a title, name or hash), or the current/default one, loading it if needed."""
+        with self._lock:
+            info = self.find(query) if query else (self._loaded.checkpoint if self._loaded else
+                                                   self.default_checkpoint())
+            vae = vae_files.resolve_vae(self.vae_choice, info.path, self._vaes)
+            current = self._loaded
+            if current is not None and current.checkpoint.path == info.path and \
+                    current.vae_name == (vae.path.name if vae else None):
+                return current
+            self.unload()
+            log.info("Loading %s", info.title)
+            self._loaded = load_checkpoint(info, self.policy, vae.path if vae else None)
+            return self._loaded
+
+    def set_vae(self, choice: str) -> None:
+        with self._lock:
+            if choice not in (vae_files.AUTOMATIC, vae_files.NONE):
+                vae_files.resolve_vae(choice, Path("."), self._vaes)  # raises for an unknown name
+            self.vae_choice = choice
+
+    def unload(self) -> None:
+        with self._lock:
+            if self._loaded is None:
+                return
+            self._loaded = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

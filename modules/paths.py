@@ -1,0 +1,44 @@
+"""Where things live on disk. Built once from the flags; passed in, never global."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+INSTALL_DIR = Path(__file__).resolve().parent.parent
+CONFIGS_DIR = INSTALL_DIR / "configs"
+
+
+@dataclass(frozen=True)
+class Paths:
+    data_dir: Path
+    models_dir: Path
+    outputs_dir: Path
+    checkpoint_dirs: tuple[Path, ...]
+    vae_dirs: tuple[Path, ...]
+    cache_file: Path
+    config_file: Path
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Paths":
+        data_dir = Path(args.data_dir).expanduser().resolve() if args.data_dir else INSTALL_DIR
+        models_dir = Path(args.models_dir).expanduser().resolve() if getattr(args, "models_dir", None) \
+            else data_dir / "models"
+        outputs_dir = Path(args.outdir).expanduser().resolve() if getattr(args, "outdir", None) \
+            else data_dir / "outputs"
+        checkpoint_dirs = [models_dir / "Stable-diffusion"]
+        if args.ckpt_dir:
+            checkpoint_dirs.append(Path(args.ckpt_dir).expanduser().resolve())
+        vae_dirs = [models_dir / "VAE"]
+        if args.vae_dir:
+            vae_dirs.append(Path(args.vae_dir).expanduser().resolve())
+        return cls(
+            data_dir=data_dir,
+            models_dir=models_dir,
+            outputs_dir=outputs_dir,
+            checkpoint_dirs=tuple(checkpoint_dirs),
+            vae_dirs=tuple(vae_dirs),
+            cache_file=data_dir / "cache" / "hashes.json",
+            config_file=data_dir / "config.json",
+        )

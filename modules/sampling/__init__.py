@@ -1,0 +1,1 @@
+"""Sampling: noise schedules, model wrappers, guidance and samplers (k-diffusion's conventions)."""

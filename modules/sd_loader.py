@@ -1,0 +1,150 @@
+"""Building diffusers/transformers modules from an original single-file checkpoint, offline.
+
+    file --(safe_load)--> state dict --(model_families)--> family + LDM yaml
+         --(ldm_config)--> diffusers configs --(ldm_layout)--> diffusers keys --> modules
+
+A `<checkpoint>.yaml` beside the file (an original LDM config) overrides detection and may give
+non-standard sizes; otherwise the family's standard yaml from configs/ is used. Every config and
+tokenizer file comes from the repository, so no code path here can reach a model hub.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from modules import ldm_layout, safe_load
+from modules.checkpoints import CheckpointInfo
+from modules.devices import DevicePolicy
+from modules.ldm_config import ComponentConfigs, TextEncoderConfig, build_component_configs, load_ldm_yaml
+from modules.model_families import FAMILIES, detect_family, family_from_ldm_yaml, sidecar_yaml_path
+from modules.paths import CONFIGS_DIR
+from modules.sampling.denoisers import DiscreteSchedule, scaled_linear_alphas_cumprod
+from modules.sd_model import StableDiffusionModel, TextEncoder
+
+
+class CheckpointLoadError(safe_load.ModelFileError):
+    pass
+
+
+def load_checkpoint(info: CheckpointInfo, policy: DevicePolicy, vae_path: Path | None = None) -> StableDiffusionModel:
+    path = Path(info.path)
+    state_dict = safe_load.load_state_dict(path)
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    sidecar = sidecar_yaml_path(path)
+    try:
+        if sidecar is not None:
+            ldm_yaml = load_ldm_yaml(sidecar)
+            family, prediction = family_from_ldm_yaml(ldm_yaml)
+        else:
+            family = detect_family(shapes)
+            ldm_yaml = load_ldm_yaml(CONFIGS_DIR / FAMILIES[family].config_file)
+            _, prediction = family_from_ldm_yaml(ldm_yaml)
+        configs = build_component_configs(ldm_yaml, shapes)
+    except (ValueError, KeyError) as e:
+        raise CheckpointLoadError(f"{path}: {e}") from e
+
+    parts = ldm_layout.split_original(state_dict)
+    del state_dict
+    try:
+        unet = _build_unet(configs, parts["unet"])
+        vae = _build_vae(configs, _vae_weights(parts["vae"], vae_path))
+        encoders = [_build_text_encoder(tec, parts) for tec in configs.text_encoders]
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointLoadError(f"{path}: weights do not fit the {family} architecture ({_short(e)})") from e
+
+    model = StableDiffusionModel(
+        checkpoint=info,
+        family=family,
+        prediction=prediction,
+        unet=unet.to(policy.device, policy.unet_dtype).eval(),
+        vae=vae.to(policy.device, policy.vae_dtype).eval(),
+        text_encoders=[TextEncoder(e.kind, e.model.to(policy.device, policy.text_encoder_dtype).eval(), e.tokenizer)
+                       for e in encoders],
+        schedule=DiscreteSchedule(scaled_linear_alphas_cumprod(
+            configs.scheduler["beta_start"], configs.scheduler["beta_end"], configs.scheduler["num_train_timesteps"])),
+        scale_factor=configs.scale_factor,
+        native_size=configs.image_size,
+        policy=policy,
+        vae_name=vae_path.name if vae_path else None,
+    )
+    if sidecar is None and FAMILIES[family].needs_prediction_probe:
+        model.prediction = probe_prediction(model)
+    return model
+
+
+def _short(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
+def _assign(module: torch.nn.Module, weights: dict[str, torch.Tensor], ignore_prefixes: tuple[str, ...] = ()) -> None:
+    """Load weights into a module built on the meta device; every parameter must be present."""
+    expected = module.state_dict()
+    weights = {k: v for k, v in weights.items() if k in expected or not k.startswith(ignore_prefixes)}
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise KeyError(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                       f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+    module.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True, assign=True)
+
+
+def _build_unet(configs: ComponentConfigs, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(configs.unet)
+    _assign(unet, ldm_layout.unet_to_diffusers(weights, configs.unet))
+    return unet
+
+
+def _vae_weights(checkpoint_vae: dict[str, torch.Tensor], vae_path: Path | None) -> dict[str, torch.Tensor]:
+    if vae_path is None:
+        return checkpoint_vae
+    loaded = safe_load.load_state_dict(vae_path)
+    # VAE files come bare (encoder.*, decoder.*) or as a checkpoint's first_stage_model.* part.
+    prefix = "first_stage_model."
+    if any(k.startswith(prefix) for k in loaded):
+        loaded = {k[len(prefix):]: v for k, v in loaded.items() if k.startswith(prefix)}
+    return {k: v for k, v in loaded.items() if not k.startswith(("loss.", "model_ema."))}
+
+
+def _build_vae(configs: ComponentConfigs, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(configs.vae)
+    _assign(vae, ldm_layout.vae_to_diffusers(weights, configs.vae))
+    return vae
+
+
+def _build_text_encoder(tec: TextEncoderConfig, parts: dict) -> TextEncoder:
+    import transformers
+
+    model_class = getattr(transformers, tec.model_class)
+    config = transformers.CLIPTextConfig(**tec.config)
+    with torch.device("meta"):
+        model = model_class(config)
+    if tec.kind == "clip_l":
+        weights = ldm_layout.clip_text_to_diffusers(parts["clip_l"])
+    else:
+        weights = ldm_layout.open_clip_text_to_diffusers(parts["open_clip"])
+    _assign(model, weights)
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(str(tec.tokenizer_dir), local_files_only=True)
+    return TextEncoder(tec.kind, model, tokenizer)
+
+
+@torch.no_grad()
+def probe_prediction(model: StableDiffusionModel) -> str:
+    """Tell epsilon from v-prediction by one UNet call, as AUTOMATIC1111 does for SD 2.x files.
+
+    A constant latent of 0.5 at the last timestep with an empty context: an epsilon model answers
+    close to its input, a v model far below it (mean of out - x under -1).
+    """
+    device = model.policy.device
+    x = torch.full((1, model.unet_in_channels, 8, 8), 0.5, device=device)
+    context = torch.zeros(1, 77, model.unet.config.cross_attention_dim, device=device)
+    out = model.unet_fn(x, torch.full((1,), 999.0, device=device), context=context)
+    return "v_prediction" if (out - x[:, : out.shape[1]]).mean().item() < -1 else "epsilon"

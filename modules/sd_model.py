@@ -1,0 +1,57 @@
+"""A loaded Stable Diffusion checkpoint: its modules and what is needed to run them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from modules.checkpoints import CheckpointInfo
+from modules.devices import DevicePolicy
+from modules.sampling.denoisers import DiscreteSchedule, Prediction
+
+
+@dataclass
+class TextEncoder:
+    kind: str  # "clip_l" | "open_clip"
+    model: torch.nn.Module
+    tokenizer: object
+
+
+@dataclass
+class StableDiffusionModel:
+    checkpoint: CheckpointInfo
+    family: str
+    prediction: Prediction
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoders: list[TextEncoder]
+    schedule: DiscreteSchedule
+    scale_factor: float
+    native_size: int
+    policy: DevicePolicy
+    vae_name: str | None = None  # file name of an external VAE, None for the checkpoint's own
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family.startswith("sdxl")
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.out_channels)
+
+    @property
+    def unet_in_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    def unet_fn(self, x: torch.Tensor, timestep: torch.Tensor, *, context: torch.Tensor,
+                pooled: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The UNet in the denoiser's calling convention, in the model's dtype, returning float32."""
+        dtype = self.policy.unet_dtype
+        added = None
+        if pooled is not None:
+            added = {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}
+        out = self.unet(x.to(dtype), timestep.to(x.device), encoder_hidden_states=context.to(dtype),
+                        added_cond_kwargs=added, return_dict=False)[0]
+        return out.float()

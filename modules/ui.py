@@ -1,0 +1,109 @@
+"""The Gradio page.
+
+Each control is bound to a request field by name (`FIELD_COMPONENTS`), and a handler receives
+them as one dict, which becomes a `Txt2ImgRequest`: no handler with positional arguments by the
+dozen.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+from pydantic import ValidationError
+
+from modules.generation_request import Txt2ImgRequest
+from modules.generation_service import GenerationService
+from modules.model_manager import ModelManager, NoCheckpointError
+from modules.safe_load import ModelFileError
+from modules.sampling.registry import sampler_names
+
+log = logging.getLogger(__name__)
+
+
+def _checkpoint_choices(manager: ModelManager) -> list[str]:
+    return [c.title for c in manager.checkpoints]
+
+
+def _status_text(manager: ModelManager) -> str:
+    if not manager.checkpoints:
+        folders = ", ".join(f"`{p}`" for p in manager.paths.checkpoint_dirs)
+        return f"**No checkpoint is present.** Put a `.safetensors` or `.ckpt` file in {folders} and press 🔄."
+    return ""
+
+
+def _validation_message(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in error.errors())
+
+
+def build_ui(service: GenerationService) -> gr.Blocks:
+    manager = service.manager
+    with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
+        with gr.Row():
+            choices = _checkpoint_choices(manager)
+            checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=choices,
+                                     value=choices[0] if choices else None, elem_id="sd_checkpoint", scale=4)
+            refresh = gr.Button("🔄", elem_id="refresh_checkpoints", scale=0, min_width=50)
+        status = gr.Markdown(_status_text(manager), elem_id="status")
+        with gr.Tab("txt2img"):
+            with gr.Row():
+                with gr.Column(scale=3):
+                    prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt")
+                    negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
+                generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate", scale=1)
+            with gr.Row():
+                with gr.Column():
+                    sampler = gr.Dropdown(label="Sampling method", choices=sampler_names(), value="Euler",
+                                          elem_id="txt2img_sampling")
+                    steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+                    width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
+                    height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
+                    batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
+                    batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
+                    cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+                    seed = gr.Number(value=-1, label="Seed", precision=0, elem_id="txt2img_seed")
+                with gr.Column():
+                    gallery = gr.Gallery(label="Output", elem_id="txt2img_gallery", columns=2, height="auto")
+                    info = gr.Textbox(label="Generation parameters", lines=4, interactive=False,
+                                      elem_id="txt2img_info")
+
+        field_components = {
+            "prompt": prompt, "negative_prompt": negative, "sampler_name": sampler, "steps": steps,
+            "width": width, "height": height, "n_iter": batch_count, "batch_size": batch_size,
+            "cfg_scale": cfg, "seed": seed,
+        }
+
+        def run_txt2img(values: dict):
+            fields = {name: values[component] for name, component in field_components.items()}
+            try:
+                request = Txt2ImgRequest(**fields)
+                result = service.txt2img(request, checkpoint=values[checkpoint] or None)
+            except ValidationError as e:
+                raise gr.Error(_validation_message(e)) from None
+            except (NoCheckpointError, ModelFileError, ValueError) as e:
+                raise gr.Error(str(e)) from None
+            return result.images, result.infotexts[0] if result.infotexts else ""
+
+        generate.click(run_txt2img, inputs={checkpoint, *field_components.values()}, outputs=[gallery, info])
+        prompt.submit(run_txt2img, inputs={checkpoint, *field_components.values()}, outputs=[gallery, info])
+
+        def refresh_checkpoints(current: str | None):
+            manager.refresh()
+            titles = _checkpoint_choices(manager)
+            value = current if current in titles else (titles[0] if titles else None)
+            return gr.Dropdown(choices=titles, value=value), _status_text(manager)
+
+        refresh.click(refresh_checkpoints, inputs=[checkpoint], outputs=[checkpoint, status])
+
+        def switch_checkpoint(title: str | None):
+            if not title:
+                return _status_text(manager)
+            try:
+                model = manager.get(title)
+            except (ModelFileError, ValueError) as e:
+                raise gr.Error(str(e)) from None
+            size = model.native_size
+            return f"Loaded `{model.checkpoint.title}` ({model.family}, native size {size}x{size})."
+
+        checkpoint.input(switch_checkpoint, inputs=[checkpoint], outputs=[status])
+    return demo
