@@ -8,13 +8,6 @@ import sys
 import threading
 
 
-def _offline_environment() -> None:
-    # No code path may reach a model hub or send telemetry.
-    for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-                       "GRADIO_ANALYTICS_ENABLED": "False", "DO_NOT_TRACK": "1"}.items():
-        os.environ.setdefault(key, value)
-
-
 def create_app(args, manager, paths):
     import gradio as gr
     from fastapi import FastAPI
@@ -44,8 +37,10 @@ def _preload(manager) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    _offline_environment()
     from modules.cmd_args import parse_args
+    from modules.launch_utils import set_offline_environment
+
+    set_offline_environment(os.environ)  # no code path may reach a model hub or send telemetry
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

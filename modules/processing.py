@@ -78,11 +78,32 @@ def build_infotext(model: StableDiffusionModel, request: Txt2ImgRequest, seed: i
 
 
 @torch.no_grad()
+def encode_pixels(model: StableDiffusionModel, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] -> scaled latents (the distribution's mode: deterministic)."""
+    vae = model.vae
+    posterior = vae.encode(pixels.to(model.policy.device, model.policy.vae_dtype)).latent_dist
+    return posterior.mode().float() * model.scale_factor
+
+
+def txt2img_image_conditioning(model: StableDiffusionModel, batch: int, width: int, height: int) -> torch.Tensor | None:
+    """Inpainting checkpoints need mask + masked-image latents even for txt2img: mask all, image grey."""
+    if model.unet_in_channels == model.latent_channels:
+        return None
+    grey = torch.zeros(1, 3, height, width)  # 0.5 grey in [0, 1] is 0 in [-1, 1]
+    latents = encode_pixels(model, grey)
+    mask = torch.ones(1, 1, *latents.shape[2:], device=latents.device)
+    return torch.cat([mask, latents], dim=1).repeat(batch, 1, 1, 1)
+
+
+@torch.no_grad()
 def sample_batch(model: StableDiffusionModel, request: Txt2ImgRequest, seeds: list[int],
                  callback: StepCallback | None = None) -> torch.Tensor:
     sampler = find_sampler(request.sampler_name)
     cond = encode_prompts(model, [request.prompt], request.width, request.height, request.clip_skip)
     uncond = encode_prompts(model, [request.negative_prompt], request.width, request.height, request.clip_skip)
+    image_cond = txt2img_image_conditioning(model, len(seeds), request.width, request.height)
+    if image_cond is not None:
+        cond, uncond = {**cond, "image_cond": image_cond}, {**uncond, "image_cond": image_cond}
     denoiser = CFGDenoiser(DiscreteDenoiser(model.unet_fn, model.schedule, model.prediction),
                            cond, uncond, request.cfg_scale)
     sigmas = uniform_schedule(request.steps, model.schedule).to(model.policy.device)

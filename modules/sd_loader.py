@@ -18,7 +18,7 @@ from modules import ldm_layout, safe_load
 from modules.checkpoints import CheckpointInfo
 from modules.devices import DevicePolicy
 from modules.ldm_config import ComponentConfigs, TextEncoderConfig, build_component_configs, load_ldm_yaml
-from modules.model_families import FAMILIES, detect_family, family_from_ldm_yaml, sidecar_yaml_path
+from modules.model_families import FAMILIES, detect_family, sidecar_yaml_path
 from modules.paths import CONFIGS_DIR
 from modules.sampling.denoisers import DiscreteSchedule, scaled_linear_alphas_cumprod
 from modules.sd_model import StableDiffusionModel, TextEncoder
@@ -36,11 +36,8 @@ def load_checkpoint(info: CheckpointInfo, policy: DevicePolicy, vae_path: Path |
     try:
         if sidecar is not None:
             ldm_yaml = load_ldm_yaml(sidecar)
-            family, prediction = family_from_ldm_yaml(ldm_yaml)
         else:
-            family = detect_family(shapes)
-            ldm_yaml = load_ldm_yaml(CONFIGS_DIR / FAMILIES[family].config_file)
-            _, prediction = family_from_ldm_yaml(ldm_yaml)
+            ldm_yaml = load_ldm_yaml(CONFIGS_DIR / FAMILIES[detect_family(shapes)].default_yaml)
         configs = build_component_configs(ldm_yaml, shapes)
     except (ValueError, KeyError) as e:
         raise CheckpointLoadError(f"{path}: {e}") from e
@@ -52,16 +49,19 @@ def load_checkpoint(info: CheckpointInfo, policy: DevicePolicy, vae_path: Path |
         vae = _build_vae(configs, _vae_weights(parts["vae"], vae_path))
         encoders = [_build_text_encoder(tec, parts) for tec in configs.text_encoders]
     except (RuntimeError, KeyError, ValueError) as e:
-        raise CheckpointLoadError(f"{path}: weights do not fit the {family} architecture ({_short(e)})") from e
+        raise CheckpointLoadError(f"{path}: weights do not fit the {configs.family.value} architecture "
+                                  f"({_short(e)})") from e
+    for encoder in encoders:
+        encoder.model.to(policy.device, policy.text_encoder_dtype).eval()
 
+    spec = FAMILIES[configs.family]
     model = StableDiffusionModel(
         checkpoint=info,
-        family=family,
-        prediction=prediction,
+        family=configs.family.value,
+        prediction=configs.prediction_type,
         unet=unet.to(policy.device, policy.unet_dtype).eval(),
         vae=vae.to(policy.device, policy.vae_dtype).eval(),
-        text_encoders=[TextEncoder(e.kind, e.model.to(policy.device, policy.text_encoder_dtype).eval(), e.tokenizer)
-                       for e in encoders],
+        text_encoders=encoders,
         schedule=DiscreteSchedule(scaled_linear_alphas_cumprod(
             configs.scheduler["beta_start"], configs.scheduler["beta_end"], configs.scheduler["num_train_timesteps"])),
         scale_factor=configs.scale_factor,
@@ -69,8 +69,9 @@ def load_checkpoint(info: CheckpointInfo, policy: DevicePolicy, vae_path: Path |
         policy=policy,
         vae_name=vae_path.name if vae_path else None,
     )
-    if sidecar is None and FAMILIES[family].needs_prediction_probe:
+    if sidecar is None and spec.needs_prediction_probe:
         model.prediction = probe_prediction(model)
+        model.native_size = spec.native_image_size(model.prediction)
     return model
 
 
@@ -79,8 +80,16 @@ def _short(error: Exception) -> str:
     return text[0][:300] if text else type(error).__name__
 
 
+def _empty_weights():
+    """Build modules without allocating or initialising parameters (the checkpoint replaces them);
+    buffers that are not saved in checkpoints (position ids) are still made for real."""
+    from accelerate import init_empty_weights
+
+    return init_empty_weights(include_buffers=False)
+
+
 def _assign(module: torch.nn.Module, weights: dict[str, torch.Tensor], ignore_prefixes: tuple[str, ...] = ()) -> None:
-    """Load weights into a module built on the meta device; every parameter must be present."""
+    """Load weights into a module built with empty weights; every parameter must be present."""
     expected = module.state_dict()
     weights = {k: v for k, v in weights.items() if k in expected or not k.startswith(ignore_prefixes)}
     missing = sorted(set(expected) - set(weights))
@@ -94,7 +103,7 @@ def _assign(module: torch.nn.Module, weights: dict[str, torch.Tensor], ignore_pr
 def _build_unet(configs: ComponentConfigs, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
 
-    with torch.device("meta"):
+    with _empty_weights():
         unet = UNet2DConditionModel.from_config(configs.unet)
     _assign(unet, ldm_layout.unet_to_diffusers(weights, configs.unet))
     return unet
@@ -114,7 +123,7 @@ def _vae_weights(checkpoint_vae: dict[str, torch.Tensor], vae_path: Path | None)
 def _build_vae(configs: ComponentConfigs, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
     from diffusers import AutoencoderKL
 
-    with torch.device("meta"):
+    with _empty_weights():
         vae = AutoencoderKL.from_config(configs.vae)
     _assign(vae, ldm_layout.vae_to_diffusers(weights, configs.vae))
     return vae
@@ -125,15 +134,17 @@ def _build_text_encoder(tec: TextEncoderConfig, parts: dict) -> TextEncoder:
 
     model_class = getattr(transformers, tec.model_class)
     config = transformers.CLIPTextConfig(**tec.config)
-    with torch.device("meta"):
+    with _empty_weights():
         model = model_class(config)
     if tec.kind == "clip_l":
         weights = ldm_layout.clip_text_to_diffusers(parts["clip_l"])
     else:
-        weights = ldm_layout.open_clip_text_to_diffusers(parts["open_clip"])
+        # SD 2.x files carry an OpenCLIP projection that SD never uses; only SDXL's encoder has one.
+        weights = ldm_layout.open_clip_text_to_diffusers(
+            parts["open_clip"], with_projection=tec.model_class == "CLIPTextModelWithProjection")
     _assign(model, weights)
     tokenizer = transformers.CLIPTokenizer.from_pretrained(str(tec.tokenizer_dir), local_files_only=True)
-    return TextEncoder(tec.kind, model, tokenizer)
+    return TextEncoder(tec.kind, model, tokenizer, tec.output_layer, tec.final_layer_norm)
 
 
 @torch.no_grad()

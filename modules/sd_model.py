@@ -16,6 +16,8 @@ class TextEncoder:
     kind: str  # "clip_l" | "open_clip"
     model: torch.nn.Module
     tokenizer: object
+    output_layer: str = "last"  # "last" | "penultimate": the layer the UNet was trained on
+    final_layer_norm: bool = True  # whether that layer's output goes through the final norm
 
 
 @dataclass
@@ -46,9 +48,16 @@ class StableDiffusionModel:
         return int(self.unet.config.in_channels)
 
     def unet_fn(self, x: torch.Tensor, timestep: torch.Tensor, *, context: torch.Tensor,
-                pooled: torch.Tensor | None = None, time_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """The UNet in the denoiser's calling convention, in the model's dtype, returning float32."""
+                pooled: torch.Tensor | None = None, time_ids: torch.Tensor | None = None,
+                image_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The UNet in the denoiser's calling convention, in the model's dtype, returning float32.
+
+        `image_cond` (inpainting models: mask + masked-image latents) is appended to the input
+        channels after the denoiser has scaled x, as the original LDM "hybrid" conditioning does.
+        """
         dtype = self.policy.unet_dtype
+        if image_cond is not None:
+            x = torch.cat([x, image_cond.to(x.dtype)], dim=1)
         added = None
         if pooled is not None:
             added = {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}
