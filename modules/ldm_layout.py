@@ -280,6 +280,7 @@ def _text_model_prefix(model_class: type) -> str:
     config = CLIPTextConfig(
         hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1,
         vocab_size=8, max_position_embeddings=4, projection_dim=8,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1,  # inside the tiny vocabulary, so no warning
     )
     with torch.device("meta"):
         keys = model_class(config).state_dict()

@@ -59,8 +59,8 @@ def load_checkpoint(info: CheckpointInfo, policy: DevicePolicy, vae_path: Path |
         checkpoint=info,
         family=configs.family.value,
         prediction=configs.prediction_type,
-        unet=unet.to(policy.device, policy.unet_dtype).eval(),
-        vae=vae.to(policy.device, policy.vae_dtype).eval(),
+        unet=_to(unet, policy.device, policy.unet_dtype),
+        vae=_to(vae, policy.device, policy.vae_dtype),
         text_encoders=encoders,
         schedule=DiscreteSchedule(scaled_linear_alphas_cumprod(
             configs.scheduler["beta_start"], configs.scheduler["beta_end"], configs.scheduler["num_train_timesteps"])),
@@ -73,6 +73,11 @@ def load_checkpoint(info: CheckpointInfo, policy: DevicePolicy, vae_path: Path |
         model.prediction = probe_prediction(model)
         model.native_size = spec.native_image_size(model.prediction)
     return model
+
+
+def _to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    # torch's own .to(): diffusers' override warns about fp32-only modules that these models do not have.
+    return torch.nn.Module.to(module, device, dtype).eval()
 
 
 def _short(error: Exception) -> str:

@@ -28,7 +28,7 @@ def _checkpoint_choices(manager: ModelManager) -> list[str]:
 def _status_text(manager: ModelManager) -> str:
     if not manager.checkpoints:
         folders = ", ".join(f"`{p}`" for p in manager.paths.checkpoint_dirs)
-        return f"**No checkpoint is present.** Put a `.safetensors` or `.ckpt` file in {folders} and press 🔄."
+        return f"**No checkpoint is present.** Put a `.safetensors` or `.ckpt` file in {folders} and press ↻."
     return ""
 
 
@@ -43,7 +43,7 @@ def build_ui(service: GenerationService) -> gr.Blocks:
             choices = _checkpoint_choices(manager)
             checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=choices,
                                      value=choices[0] if choices else None, elem_id="sd_checkpoint", scale=4)
-            refresh = gr.Button("🔄", elem_id="refresh_checkpoints", scale=0, min_width=50)
+            refresh = gr.Button("↻", elem_id="refresh_checkpoints", scale=0, min_width=50)
         status = gr.Markdown(_status_text(manager), elem_id="status")
         with gr.Tab("txt2img"):
             with gr.Row():

@@ -87,3 +87,26 @@ def test_family_is_detected_without_sidecar(tmp_path):
         path = _install(tmp_path, family, "safetensors", with_yaml=False)
         detected = detect_family(read_tensor_shapes(path))
         assert getattr(detected, "value", detected) == expected
+
+
+def test_manager_switches_and_unloads(tmp_path):
+    _install(tmp_path, "sd1", "safetensors")
+    _install(tmp_path, "sdxl", "ckpt")
+    manager = _manager(tmp_path)
+    assert [c.name for c in manager.checkpoints] == ["tiny-sd1.safetensors", "tiny-sdxl.ckpt"]
+
+    first = manager.get()
+    assert first.family == "sd1" and manager.loaded is first
+    second = manager.get("tiny-sdxl")
+    assert second.family == "sdxl" and manager.loaded is second
+    assert manager.get() is second  # no query: keep what is loaded
+    manager.unload()
+    assert manager.loaded is None
+
+
+def test_preferred_checkpoint_flag_wins(tmp_path):
+    _install(tmp_path, "sd1", "safetensors")
+    other = _install(tmp_path, "sd2_v", "safetensors")
+    paths = Paths.from_args(parse_args(["--data-dir", str(tmp_path), "--ckpt", str(other)], environ={}))
+    manager = ModelManager(paths, DevicePolicy.cpu(), preferred_checkpoint=str(other))
+    assert manager.get().family == "sd2"
