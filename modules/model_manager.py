@@ -19,10 +19,14 @@ from modules.checkpoints import CheckpointInfo, find_checkpoint, list_checkpoint
 from modules.devices import DevicePolicy
 from modules.hashes import HashCache
 from modules.paths import Paths
-from modules.sd_loader import load_checkpoint
+from modules.safe_load import ModelFileError
+from modules.sd_loader import inspect_checkpoint, load_checkpoint
 from modules.sd_model import StableDiffusionModel
 
 log = logging.getLogger(__name__)
+
+# The small model the project trains and ships: the default only when no other checkpoint is present.
+EMBEDDED_CHECKPOINT_NAMES = frozenset({"embedded-shapes-v1.safetensors"})
 
 
 class NoCheckpointError(RuntimeError):
@@ -74,7 +78,8 @@ class ModelManager:
                      None)
             if preferred:
                 return preferred
-        return self._checkpoints[0]
+        user_checkpoints = [c for c in self._checkpoints if c.name not in EMBEDDED_CHECKPOINT_NAMES]
+        return (user_checkpoints or self._checkpoints)[0]
 
     def find(self, query: str) -> CheckpointInfo:
         info = find_checkpoint(self._checkpoints, query)
@@ -82,6 +87,13 @@ class ModelManager:
             raise UnknownCheckpointError(f"unknown checkpoint {query!r}; available: "
                                          f"{', '.join(c.title for c in self._checkpoints) or '(none)'}")
         return info
+
+    def native_size(self, info: CheckpointInfo) -> int | None:
+        """The size the checkpoint was trained at, without loading it; None if it cannot be read."""
+        try:
+            return inspect_checkpoint(info.path).image_size
+        except (ModelFileError, ValueError):
+            return None
 
     # ---- loading -------------------------------------------------------------------------
     @property

@@ -28,17 +28,29 @@ class CheckpointLoadError(safe_load.ModelFileError):
     pass
 
 
+def _ldm_yaml_for(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict:
+    sidecar = sidecar_yaml_path(path)
+    if sidecar is not None:
+        return load_ldm_yaml(sidecar)
+    return load_ldm_yaml(CONFIGS_DIR / FAMILIES[detect_family(shapes)].default_yaml)
+
+
+def inspect_checkpoint(path: Path) -> ComponentConfigs:
+    """What a checkpoint is, without building it (from the header alone for safetensors)."""
+    shapes = safe_load.read_tensor_shapes(path)
+    try:
+        return build_component_configs(_ldm_yaml_for(path, shapes), shapes)
+    except (ValueError, KeyError) as e:
+        raise CheckpointLoadError(f"{path}: {e}") from e
+
+
 def load_checkpoint(info: CheckpointInfo, policy: DevicePolicy, vae_path: Path | None = None) -> StableDiffusionModel:
     path = Path(info.path)
     state_dict = safe_load.load_state_dict(path)
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
     sidecar = sidecar_yaml_path(path)
     try:
-        if sidecar is not None:
-            ldm_yaml = load_ldm_yaml(sidecar)
-        else:
-            ldm_yaml = load_ldm_yaml(CONFIGS_DIR / FAMILIES[detect_family(shapes)].default_yaml)
-        configs = build_component_configs(ldm_yaml, shapes)
+        configs = build_component_configs(_ldm_yaml_for(path, shapes), shapes)
     except (ValueError, KeyError) as e:
         raise CheckpointLoadError(f"{path}: {e}") from e
 

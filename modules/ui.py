@@ -36,8 +36,16 @@ def _validation_message(error: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in error.errors())
 
 
+def _default_size(manager: ModelManager) -> int:
+    try:
+        return manager.native_size(manager.default_checkpoint()) or 512
+    except NoCheckpointError:
+        return 512
+
+
 def build_ui(service: GenerationService) -> gr.Blocks:
     manager = service.manager
+    size = _default_size(manager)
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
         with gr.Row():
             choices = _checkpoint_choices(manager)
@@ -56,8 +64,8 @@ def build_ui(service: GenerationService) -> gr.Blocks:
                     sampler = gr.Dropdown(label="Sampling method", choices=sampler_names(), value="Euler",
                                           elem_id="txt2img_sampling")
                     steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
-                    width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
-                    height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
+                    width = gr.Slider(64, 2048, value=size, step=8, label="Width", elem_id="txt2img_width")
+                    height = gr.Slider(64, 2048, value=size, step=8, label="Height", elem_id="txt2img_height")
                     batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
                     batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
                     cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
@@ -97,13 +105,15 @@ def build_ui(service: GenerationService) -> gr.Blocks:
 
         def switch_checkpoint(title: str | None):
             if not title:
-                return _status_text(manager)
+                return _status_text(manager), gr.update(), gr.update()
             try:
                 model = manager.get(title)
             except (ModelFileError, ValueError) as e:
                 raise gr.Error(str(e)) from None
-            size = model.native_size
-            return f"Loaded `{model.checkpoint.title}` ({model.family}, native size {size}x{size})."
+            native = model.native_size
+            # Start from the size the model was trained at; a 512 default would tile a small model.
+            return (f"Loaded `{model.checkpoint.title}` ({model.family}, native size {native}x{native}).",
+                    gr.update(value=native), gr.update(value=native))
 
-        checkpoint.input(switch_checkpoint, inputs=[checkpoint], outputs=[status])
+        checkpoint.input(switch_checkpoint, inputs=[checkpoint], outputs=[status, width, height])
     return demo

@@ -1,0 +1,77 @@
+"""The shipped default model makes the picture its prompt names, through the normal txt2img path."""
+
+import itertools
+import os
+
+import pytest
+
+from conftest import ROOT
+from modules.checkpoints import list_checkpoints
+from modules.cmd_args import parse_args
+from modules.devices import DevicePolicy
+from modules.generation_request import Txt2ImgRequest
+from modules.model_manager import ModelManager
+from modules.paths import Paths
+from modules.processing import txt2img
+from shape_analysis import read_image
+from tools.embedded_model.dataset import COLOUR_NAMES, SHAPES, with_article
+
+EMBEDDED = ROOT / "models" / "Stable-diffusion" / "embedded-shapes-v1.safetensors"
+
+
+@pytest.fixture(scope="module")
+def manager():
+    assert EMBEDDED.is_file(), f"{EMBEDDED} is missing: the repository ships it"
+    paths = Paths.from_args(parse_args(["--data-dir", str(ROOT)], environ={}))
+    return ModelManager(paths, DevicePolicy.cpu(), hash_files=False)
+
+
+def _cases():
+    """Every shape in every colour, each on another colour's background, with its own seed."""
+    cases = []
+    for index, (shape, colour) in enumerate(itertools.product(SHAPES, COLOUR_NAMES)):
+        background = COLOUR_NAMES[(COLOUR_NAMES.index(colour) + 1 + index % 5) % len(COLOUR_NAMES)]
+        cases.append((colour, shape, background, 1000 + index))
+    return cases
+
+
+def _rates(model, cases, cfg_scale):
+    hits = {"foreground": 0, "background": 0, "shape": 0}
+    for colour, shape, background, seed in cases:
+        prompt = f"{with_article(colour)} {shape} on {with_article(background)} background"
+        request = Txt2ImgRequest(prompt=prompt, width=model.native_size, height=model.native_size, seed=seed,
+                                 cfg_scale=cfg_scale, save_images=False)
+        reading = read_image(txt2img(model, request, None).images[0])
+        hits["foreground"] += reading.foreground == colour
+        hits["background"] += reading.background == background
+        hits["shape"] += reading.shape == shape
+    return {k: v / len(cases) for k, v in hits.items()}
+
+
+def test_shipped_model_is_the_default_and_small(manager):
+    assert EMBEDDED.stat().st_size <= 25_000_000
+    assert EMBEDDED.with_suffix(".yaml").is_file()
+    assert manager.default_checkpoint().path.resolve() == EMBEDDED.resolve() or \
+        len(list_checkpoints(manager.paths.checkpoint_dirs, None)) > 1
+    model = manager.get(EMBEDDED.name)
+    assert model.family == "sd1" and model.native_size >= 128
+
+
+def test_prompts_make_the_named_colours_and_shapes(manager):
+    model = manager.get(EMBEDDED.name)
+    rates = _rates(model, _cases(), cfg_scale=7)
+    print(f"\nCFG 7 over {len(_cases())} prompts: foreground colour {rates['foreground']:.0%}, "
+          f"background colour {rates['background']:.0%}, shape {rates['shape']:.0%}")
+    assert rates["foreground"] >= 0.9
+    assert rates["background"] >= 0.9
+    assert rates["shape"] >= 0.7
+
+
+def test_guidance_scale_matters(manager):
+    model = manager.get(EMBEDDED.name)
+    cases = _cases()[::3]
+    guided = _rates(model, cases, cfg_scale=7)
+    unguided = _rates(model, cases, cfg_scale=1)
+    colour = {name: (r["foreground"] + r["background"]) / 2 for name, r in (("cfg7", guided), ("cfg1", unguided))}
+    print(f"\ncolour accuracy over {len(cases)} prompts: CFG 7 {colour['cfg7']:.0%}, CFG 1 {colour['cfg1']:.0%}")
+    assert colour["cfg1"] <= colour["cfg7"] - 0.15
