@@ -1,29 +1,61 @@
-"""The one typed request shared by the UI, the HTTP API, the queue and the infotext writer."""
+"""The one typed request shared by the UI, the HTTP API, the queue and the infotext writer.
+
+Field names are AUTOMATIC1111's API names, so its clients' JSON validates as it is.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Literal
 
-from modules.sampling.registry import find_sampler
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from modules.rng import NoiseSource
+from modules.sampling.registry import split_sampler_and_schedule
+from modules.sampling.schedules import find_schedule
+
+UINT32_MAX = 2**32 - 1
 
 
 class Txt2ImgRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+    model_config = ConfigDict(extra="ignore")
 
     prompt: str = ""
     negative_prompt: str = ""
     steps: int = Field(20, ge=1, le=150)
     sampler_name: str = "Euler"
+    scheduler: str = "Automatic"
     cfg_scale: float = Field(7.0, ge=0.0, le=30.0)
     width: int = Field(512, ge=64, le=2048, multiple_of=8)
     height: int = Field(512, ge=64, le=2048, multiple_of=8)
-    seed: int = Field(-1, ge=-1, le=2**32 - 1)
+    seed: int = Field(-1, ge=-1, le=UINT32_MAX)
+    subseed: int = Field(-1, ge=-1, le=UINT32_MAX)
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
+    seed_resize_from_h: int = Field(-1, ge=-1, le=2048)
+    seed_resize_from_w: int = Field(-1, ge=-1, le=2048)
     batch_size: int = Field(1, ge=1, le=8)
     n_iter: int = Field(1, ge=1, le=100)
     clip_skip: int = Field(1, ge=1, le=12)
+    # Sampler options; None keeps each sampler's own default.
+    s_churn: float | None = Field(None, ge=0.0)
+    s_tmin: float | None = Field(None, ge=0.0)
+    s_tmax: float | None = Field(None, ge=0.0)
+    s_noise: float | None = Field(None, ge=0.0)
+    eta: float | None = Field(None, ge=0.0, le=1.0)
+    randn_source: NoiseSource = "CPU"
+    eta_noise_seed_delta: int = Field(0, ge=0, le=UINT32_MAX)
+    # Imagen-style thresholding of the guided x0, so high CFG scales do not burn the image.
+    thresholding: Literal["none", "static", "dynamic", "mimic"] = "none"
+    threshold_percentile: float = Field(0.995, gt=0.0, le=1.0)
+    mimic_scale: float = Field(7.0, ge=0.0, le=30.0)
     save_images: bool = True
 
-    @field_validator("sampler_name")
+    @model_validator(mode="before")
     @classmethod
-    def _known_sampler(cls, value: str) -> str:
-        return find_sampler(value).name
+    def _split_combined_sampler_name(cls, data):
+        """`DPM++ 2M Karras` means sampler `DPM++ 2M` with schedule type `Karras`, as in AUTOMATIC1111."""
+        if isinstance(data, dict) and data.get("sampler_name"):
+            spec, schedule = split_sampler_and_schedule(str(data["sampler_name"]), data.get("scheduler") or None)
+            data = {**data, "sampler_name": spec.name, "scheduler": schedule}
+        elif isinstance(data, dict) and data.get("scheduler"):
+            data = {**data, "scheduler": find_schedule(str(data["scheduler"])).label}
+        return data

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +17,12 @@ from modules import image_saving
 from modules.conditioning import encode_prompts
 from modules.generation_request import Txt2ImgRequest
 from modules.infotext import create_infotext, format_number
+from modules.rng import ImageRNG, resolve_seed
 from modules.sampling.denoisers import DiscreteDenoiser
 from modules.sampling.guidance import CFGDenoiser
-from modules.sampling.registry import find_sampler
-from modules.sampling.schedules import uniform_schedule
+from modules.sampling.registry import find_sampler, noise_sampler_for, run_sampler, sigmas_for
+from modules.sampling.samplers import SamplingInterrupted
+from modules.sampling.thresholding import Thresholding
 from modules.sd_model import StableDiffusionModel
 
 StepCallback = Callable[[dict], None]
@@ -35,19 +36,15 @@ class GenerationResult:
     paths: list[Path] = field(default_factory=list)
 
 
-def resolve_seed(seed: int) -> int:
-    """-1 means a random seed, drawn as AUTOMATIC1111 does."""
-    return random.randrange(4294967294) if seed == -1 else int(seed)
-
-
-def batch_seeds(first_seed: int, batch_index: int, batch_size: int) -> list[int]:
-    start = first_seed + batch_index * batch_size
-    return [start + i for i in range(batch_size)]
-
-
-def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
-    """One CPU generator per seed, so an image's noise does not depend on its batch."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+def batch_seeds(request: Txt2ImgRequest, first_seed: int, first_subseed: int,
+                batch_index: int) -> tuple[list[int], list[int]]:
+    """Seeds and variation seeds of one batch: seed + i per image, or, with a variation strength,
+    one shared seed and subseed + i (AUTOMATIC1111's rule)."""
+    start = batch_index * request.batch_size
+    indices = range(start, start + request.batch_size)
+    if request.subseed_strength > 0:
+        return [first_seed] * request.batch_size, [first_subseed + i for i in indices]
+    return [first_seed + i for i in indices], [first_subseed + i for i in indices]
 
 
 @torch.no_grad()
@@ -60,19 +57,28 @@ def decode_latents(model: StableDiffusionModel, latents: torch.Tensor) -> list[I
     return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
 
 
-def build_infotext(model: StableDiffusionModel, request: Txt2ImgRequest, seed: int) -> str:
+def build_infotext(model: StableDiffusionModel, request: Txt2ImgRequest, seed: int, subseed: int) -> str:
+    spec = find_sampler(request.sampler_name)
+    variation = request.subseed_strength > 0
+    resized = request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0
     params = {
         "Steps": request.steps,
         "Sampler": request.sampler_name,
-        "Schedule type": "Automatic",
+        "Schedule type": request.scheduler,
         "CFG scale": format_number(request.cfg_scale),
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
         "Model hash": model.checkpoint.shorthash,
         "Model": model.checkpoint.model_name,
         "VAE": Path(model.vae_name).stem if model.vae_name else None,
+        "Variation seed": subseed if variation else None,
+        "Variation seed strength": format_number(request.subseed_strength) if variation else None,
+        "Seed resize from": f"{request.seed_resize_from_w}x{request.seed_resize_from_h}" if resized else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
-        "RNG": "CPU",
+        "ENSD": request.eta_noise_seed_delta if request.eta_noise_seed_delta and spec.uses_ensd else None,
+        "RNG": request.randn_source if request.randn_source != "GPU" else None,
+        "Eta": format_number(request.eta) if request.eta is not None else None,
+        "Thresholding": request.thresholding if request.thresholding != "none" else None,
     }
     return create_infotext(request.prompt, request.negative_prompt, params)
 
@@ -95,32 +101,53 @@ def txt2img_image_conditioning(model: StableDiffusionModel, batch: int, width: i
     return torch.cat([mask, latents], dim=1).repeat(batch, 1, 1, 1)
 
 
+def _thresholding(request: Txt2ImgRequest) -> Thresholding:
+    return Thresholding(request.thresholding, percentile=request.threshold_percentile, mimic_scale=request.mimic_scale)
+
+
 @torch.no_grad()
-def sample_batch(model: StableDiffusionModel, request: Txt2ImgRequest, seeds: list[int],
+def sample_batch(model: StableDiffusionModel, request: Txt2ImgRequest, seeds: list[int], subseeds: list[int],
                  callback: StepCallback | None = None) -> torch.Tensor:
-    sampler = find_sampler(request.sampler_name)
+    """Latents for one batch. A callback may raise SamplingInterrupted: the latest x is returned."""
+    spec = find_sampler(request.sampler_name)
+    device = model.policy.device
     cond = encode_prompts(model, [request.prompt], request.width, request.height, request.clip_skip)
     uncond = encode_prompts(model, [request.negative_prompt], request.width, request.height, request.clip_skip)
     image_cond = txt2img_image_conditioning(model, len(seeds), request.width, request.height)
     if image_cond is not None:
         cond, uncond = {**cond, "image_cond": image_cond}, {**uncond, "image_cond": image_cond}
     denoiser = CFGDenoiser(DiscreteDenoiser(model.unet_fn, model.schedule, model.prediction),
-                           cond, uncond, request.cfg_scale)
-    sigmas = uniform_schedule(request.steps, model.schedule).to(model.policy.device)
-    shape = (model.latent_channels, request.height // 8, request.width // 8)
-    x = initial_noise(seeds, shape).to(model.policy.device) * sigmas[0]
-    return sampler.function(denoiser, x, sigmas, callback=callback, **sampler.options)
+                           cond, uncond, request.cfg_scale, _thresholding(request))
+    sigmas = sigmas_for(spec, request.scheduler, request.steps, model.schedule, model.is_sdxl).to(device)
+    rng = ImageRNG((model.latent_channels, request.height // 8, request.width // 8), seeds, subseeds,
+                   request.subseed_strength, max(request.seed_resize_from_h, 0), max(request.seed_resize_from_w, 0),
+                   source=request.randn_source, device=device, eta_noise_seed_delta=request.eta_noise_seed_delta)
+    x = rng.first().to(device) * sigmas[0]
+    latest = {"x": x}
+
+    def on_step(info: dict) -> None:
+        latest["x"] = info["x"]
+        if callback is not None:
+            callback(info)
+
+    try:
+        return run_sampler(spec, denoiser, x, sigmas, callback=on_step,
+                           noise_sampler=noise_sampler_for(spec, x, sigmas, rng, seeds),
+                           s_churn=request.s_churn, s_tmin=request.s_tmin, s_tmax=request.s_tmax,
+                           s_noise=request.s_noise, eta=request.eta)
+    except SamplingInterrupted:
+        return latest["x"]
 
 
 def txt2img(model: StableDiffusionModel, request: Txt2ImgRequest, outputs_dir: Path | None,
             callback: StepCallback | None = None) -> GenerationResult:
-    first_seed = resolve_seed(request.seed)
+    first_seed, first_subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
     result = GenerationResult(images=[], seeds=[], infotexts=[])
     for batch_index in range(request.n_iter):
-        seeds = batch_seeds(first_seed, batch_index, request.batch_size)
-        latents = sample_batch(model, request, seeds, callback)
-        for image, seed in zip(decode_latents(model, latents), seeds):
-            infotext = build_infotext(model, request, seed)
+        seeds, subseeds = batch_seeds(request, first_seed, first_subseed, batch_index)
+        latents = sample_batch(model, request, seeds, subseeds, callback)
+        for image, seed, subseed in zip(decode_latents(model, latents), seeds, subseeds):
+            infotext = build_infotext(model, request, seed, subseed)
             result.images.append(image)
             result.seeds.append(seed)
             result.infotexts.append(infotext)

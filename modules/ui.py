@@ -17,6 +17,7 @@ from modules.generation_service import GenerationService
 from modules.model_manager import ModelManager, NoCheckpointError
 from modules.safe_load import ModelFileError
 from modules.sampling.registry import sampler_names
+from modules.sampling.schedules import schedule_labels
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,11 @@ def build_ui(service: GenerationService) -> gr.Blocks:
                 generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate", scale=1)
             with gr.Row():
                 with gr.Column():
-                    sampler = gr.Dropdown(label="Sampling method", choices=sampler_names(), value="Euler",
-                                          elem_id="txt2img_sampling")
+                    with gr.Row():
+                        sampler = gr.Dropdown(label="Sampling method", choices=sampler_names(), value="Euler",
+                                              elem_id="txt2img_sampling")
+                        scheduler = gr.Dropdown(label="Schedule type", choices=schedule_labels(), value="Automatic",
+                                                elem_id="txt2img_scheduler")
                     steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
                     width = gr.Slider(64, 2048, value=size, step=8, label="Width", elem_id="txt2img_width")
                     height = gr.Slider(64, 2048, value=size, step=8, label="Height", elem_id="txt2img_height")
@@ -76,7 +80,8 @@ def build_ui(service: GenerationService) -> gr.Blocks:
                                       elem_id="txt2img_info")
 
         field_components = {
-            "prompt": prompt, "negative_prompt": negative, "sampler_name": sampler, "steps": steps,
+            "prompt": prompt, "negative_prompt": negative, "sampler_name": sampler, "scheduler": scheduler,
+            "steps": steps,
             "width": width, "height": height, "n_iter": batch_count, "batch_size": batch_size,
             "cfg_scale": cfg, "seed": seed,
         }

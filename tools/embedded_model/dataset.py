@@ -151,30 +151,49 @@ def position_phrase(centre_x: float, centre_y: float, image_size: int) -> str:
     return POSITION_PHRASES[row][column]
 
 
-def _object_phrase(scenes: SceneBatch, index: int, slot: int, size_word: str = "") -> str:
+@dataclass(frozen=True)
+class Scene:
+    """One scene of a SceneBatch as plain Python numbers (captions are built from these, fast)."""
+
+    shapes: tuple[int, int]
+    colours: tuple[int, int]
+    background: int
+    centres: tuple[tuple[float, float], tuple[float, float]]
+    size_classes: tuple[int, int]
+    count: int
+    layout: int
+
+
+def scene_records(scenes: SceneBatch) -> list[Scene]:
+    columns = zip(scenes.shapes.tolist(), scenes.colours.tolist(), scenes.backgrounds.tolist(),
+                  scenes.centres.tolist(), scenes.size_classes.tolist(), scenes.counts.tolist(),
+                  scenes.layouts.tolist())
+    return [Scene(tuple(s), tuple(c), b, (tuple(p[0]), tuple(p[1])), tuple(z), n, layout)
+            for s, c, b, p, z, n, layout in columns]
+
+
+def _object_phrase(scene: Scene, slot: int, size_word: str = "") -> str:
     words = [size_word] if size_word else []
-    words += [COLOUR_NAMES[int(scenes.colours[index, slot])], SHAPES[int(scenes.shapes[index, slot])]]
+    words += [COLOUR_NAMES[scene.colours[slot]], SHAPES[scene.shapes[slot]]]
     return with_article(" ".join(words))
 
 
-def caption(scenes: SceneBatch, index: int, config: DataConfig, rng: random.Random) -> str:
+def caption(scene: Scene, config: DataConfig, rng: random.Random) -> str:
     """One caption from the grammar; the base form is "a {colour} {shape} on a {colour} background".
 
     Single shapes may add a size word ("small", "large") and a position phrase ("at the top left");
     two-shape scenes are "A and B", "A to the left of B", "B to the right of A", "A above B" or "B below A",
     where A is the left/upper shape.
     """
-    background = f"on {with_article(COLOUR_NAMES[int(scenes.backgrounds[index])])} background"
-    if int(scenes.counts[index]) == 1:
-        size_class = int(scenes.size_classes[index, 0])
-        size_word = SIZE_WORDS[size_class] if rng.random() < config.size_word_probability else ""
-        parts = [_object_phrase(scenes, index, 0, size_word)]
+    background = f"on {with_article(COLOUR_NAMES[scene.background])} background"
+    if scene.count == 1:
+        size_word = SIZE_WORDS[scene.size_classes[0]] if rng.random() < config.size_word_probability else ""
+        parts = [_object_phrase(scene, 0, size_word)]
         if rng.random() < config.position_word_probability:
-            x, y = (float(v) for v in scenes.centres[index, 0])
-            parts.append(position_phrase(x, y, config.image_size))
+            parts.append(position_phrase(*scene.centres[0], config.image_size))
         return " ".join(parts + [background])
-    first, second = _object_phrase(scenes, index, 0), _object_phrase(scenes, index, 1)
-    horizontal = int(scenes.layouts[index]) == HORIZONTAL
+    first, second = _object_phrase(scene, 0), _object_phrase(scene, 1)
+    horizontal = scene.layout == HORIZONTAL
     forms = (
         f"{first} and {second}",
         f"{first} to the left of {second}" if horizontal else f"{first} above {second}",
@@ -184,7 +203,7 @@ def caption(scenes: SceneBatch, index: int, config: DataConfig, rng: random.Rand
 
 
 def captions(scenes: SceneBatch, config: DataConfig, rng: random.Random) -> list[str]:
-    return [caption(scenes, i, config, rng) for i in range(len(scenes))]
+    return [caption(scene, config, rng) for scene in scene_records(scenes)]
 
 
 # ---------------------------------------------------------------------------------------------- drawing

@@ -124,6 +124,7 @@ def _atomic_write(path: Path, write) -> None:
     # A half-written checkpoint in models/ would be offered to users; write beside it, then rename.
     partial = path.with_name(path.name + ".partial")
     write(partial)
+    os.chmod(partial, 0o644)
     os.replace(partial, path)
 
 
