@@ -48,6 +48,18 @@ class Txt2ImgRequest(BaseModel):
     threshold_percentile: float = Field(0.995, gt=0.0, le=1.0)
     mimic_scale: float = Field(7.0, ge=0.0, le=30.0)
     save_images: bool = True
+    # Pasted AUTOMATIC1111 parameters: every field the request leaves unset is taken from them.
+    infotext: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_infotext(cls, data):
+        if isinstance(data, dict) and data.get("infotext"):
+            from modules.infotext import request_fields_from_infotext
+
+            pasted = request_fields_from_infotext(str(data["infotext"]), set(cls.model_fields))
+            data = {**pasted, **{k: v for k, v in data.items() if v is not None or k not in pasted}}
+        return data
 
     @model_validator(mode="before")
     @classmethod
