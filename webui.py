@@ -23,6 +23,12 @@ def create_app(args, manager, paths):
     return app
 
 
+def _remove_partial_saves(temp_dir) -> None:
+    """Files a killed process was writing when it died; they never reached outputs/."""
+    for leftover in temp_dir.glob(".saving-*") if temp_dir.is_dir() else ():
+        leftover.unlink(missing_ok=True)
+
+
 def _preload(manager) -> None:
     from modules.model_manager import NoCheckpointError
     from modules.safe_load import ModelFileError
@@ -52,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     from modules.paths import Paths
 
     paths = Paths.from_args(args)
+    _remove_partial_saves(paths.data_dir / "tmp")
     policy = DevicePolicy.from_args(args)
     logging.getLogger("webui").info("Device: %s", policy.describe())
     manager = ModelManager(paths, policy, preferred_checkpoint=args.ckpt, hash_files=not args.no_hashing)

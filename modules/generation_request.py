@@ -48,6 +48,8 @@ class Txt2ImgRequest(BaseModel):
     threshold_percentile: float = Field(0.995, gt=0.0, le=1.0)
     mimic_scale: float = Field(7.0, ge=0.0, le=30.0)
     save_images: bool = True
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
     # Pasted AUTOMATIC1111 parameters: every field the request leaves unset is taken from them.
     infotext: str | None = None
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from modules import image_saving
+from modules.image_saving import ImageFacts, SaveOptions
 from modules.conditioning import encode_prompts
 from modules.generation_request import Txt2ImgRequest
 from modules.infotext import create_infotext, format_number
@@ -34,6 +35,7 @@ class GenerationResult:
     seeds: list[int]
     infotexts: list[str]
     paths: list[Path] = field(default_factory=list)
+    grid_path: Path | None = None
 
 
 def batch_seeds(request: Txt2ImgRequest, first_seed: int, first_subseed: int,
@@ -139,18 +141,40 @@ def sample_batch(model: StableDiffusionModel, request: Txt2ImgRequest, seeds: li
         return latest["x"]
 
 
-def txt2img(model: StableDiffusionModel, request: Txt2ImgRequest, outputs_dir: Path | None,
+def save_options_for(outputs_dir: Path | None, request: Txt2ImgRequest) -> SaveOptions | None:
+    if outputs_dir is None or not request.save_images:
+        return None
+    # Temporary files live beside outputs/, never in it, so a kill mid-write leaves nothing there.
+    return SaveOptions(outputs_dir=Path(outputs_dir), temp_dir=Path(outputs_dir).parent / "tmp")
+
+
+def _facts(model: StableDiffusionModel, request: Txt2ImgRequest, seed: int, batch_number: int,
+           seeds: list[int]) -> ImageFacts:
+    return ImageFacts(seed=seed, prompt=request.prompt, negative_prompt=request.negative_prompt,
+                      model_name=model.checkpoint.model_name, model_hash=model.checkpoint.shorthash or "",
+                      sampler=request.sampler_name, scheduler=request.scheduler, steps=request.steps,
+                      cfg_scale=request.cfg_scale, width=request.width, height=request.height,
+                      batch_number=batch_number, seeds=tuple(seeds))
+
+
+def txt2img(model: StableDiffusionModel, request: Txt2ImgRequest, outputs_dir: Path | SaveOptions | None,
             callback: StepCallback | None = None) -> GenerationResult:
+    save = outputs_dir if isinstance(outputs_dir, SaveOptions) else save_options_for(outputs_dir, request)
     first_seed, first_subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
     result = GenerationResult(images=[], seeds=[], infotexts=[])
     for batch_index in range(request.n_iter):
         seeds, subseeds = batch_seeds(request, first_seed, first_subseed, batch_index)
         latents = sample_batch(model, request, seeds, subseeds, callback)
-        for image, seed, subseed in zip(decode_latents(model, latents), seeds, subseeds):
+        for number, (image, seed, subseed) in enumerate(zip(decode_latents(model, latents), seeds, subseeds)):
             infotext = build_infotext(model, request, seed, subseed)
             result.images.append(image)
             result.seeds.append(seed)
             result.infotexts.append(infotext)
-            if request.save_images and outputs_dir is not None:
-                result.paths.append(image_saving.save_generated_image(image, outputs_dir, "txt2img", seed, infotext))
+            if save is not None and not request.do_not_save_samples:
+                facts = _facts(model, request, seed, number, seeds)
+                result.paths.append(image_saving.save_image(image, save, "txt2img", facts, infotext))
+    if save is not None and len(result.images) > 1 and not request.do_not_save_grid:
+        grid = image_saving.image_grid(result.images, rows=None)
+        facts = _facts(model, request, result.seeds[0], 0, result.seeds)
+        result.grid_path = image_saving.save_grid(grid, save, "txt2img", facts, result.infotexts[0])
     return result

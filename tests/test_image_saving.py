@@ -1,0 +1,98 @@
+"""Saving follows AUTOMATIC1111's folders, counters and patterns, and never leaves partial files."""
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from modules.image_saving import (ImageFacts, SaveOptions, apply_pattern, image_grid, read_parameters, save_grid,
+                                  save_image, sanitize_filename_part)
+
+NOW = dt.datetime(2026, 11, 29, 13, 45, 7)
+FACTS = ImageFacts(seed=1234, prompt="a (red) circle, on: blue?", negative_prompt="ugly", model_name="my model",
+                   model_hash="abcdef0123", sampler="DPM++ 2M", scheduler="Karras", steps=20, cfg_scale=7.5,
+                   width=512, height=768, batch_number=2, now=NOW)
+
+
+def _image(colour="red", size=(8, 8)):
+    return Image.new("RGB", size, colour)
+
+
+@pytest.mark.parametrize("pattern,expected", [
+    ("[seed]", "1234"),
+    ("[prompt]", "a_(red)_circle,_on__blue_"),
+    ("[prompt_spaces]", "a (red) circle, on_ blue_"),
+    ("[prompt_words]", "a red circle, on: blue?".replace(":", "_").replace("?", "_")),
+    ("[model_name]-[model_hash]", "my model-abcdef0123"),
+    ("[sampler]-[scheduler]-[steps]-[cfg]", "DPM++ 2M-Karras-20-7.5"),
+    ("[width]x[height]-[batch_number]", "512x768-2"),
+    ("[date]", "2026-11-29"),
+    ("[datetime]", "20261129134507"),
+    ("[datetime<%H-%M>]", "13-45"),
+    ("[prompt_hash]", __import__("hashlib").sha256(FACTS.prompt.encode()).hexdigest()[:8]),
+    ("[unknown_token]", "[unknown_token]"),
+])
+def test_filename_patterns(pattern, expected):
+    assert apply_pattern(pattern, FACTS) == expected
+
+
+def test_sanitize_removes_path_separators_and_limits_length():
+    assert "/" not in sanitize_filename_part("../../etc/passwd") and "\\" not in sanitize_filename_part("a\\b")
+    assert len(sanitize_filename_part("x" * 500)) == 128
+
+
+def test_counter_and_dated_folders(tmp_path):
+    options = SaveOptions(outputs_dir=tmp_path, temp_dir=tmp_path.parent / "tmp-saving")
+    first = save_image(_image(), options, "txt2img", FACTS, "p\nSteps: 1, Seed: 1234, Size: 8x8")
+    folder = tmp_path / "txt2img-images" / "2026-11-29"
+    assert first == folder / "00000-1234.png"
+    (folder / "00041-999.png").write_bytes(b"")  # the counter continues from the largest number
+    second = save_image(_image(), options, "txt2img", FACTS, None)
+    assert second.name == "00042-1234.png"
+    assert read_parameters(first) == "p\nSteps: 1, Seed: 1234, Size: 8x8"
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
+def test_formats_carry_the_infotext(tmp_path, fmt):
+    text = "ünïcödé prompt\nSteps: 20, Sampler: Euler, Seed: 1"
+    path = save_image(_image(), SaveOptions(outputs_dir=tmp_path, format=fmt, filename_pattern="[seed]-[steps]"),
+                      "img2img", FACTS, text)
+    assert path.name == f"00000-1234-20.{fmt}"
+    assert read_parameters(path) == text
+
+
+def test_grid_layout_and_name(tmp_path):
+    grid = image_grid([_image(c) for c in ("red", "green", "blue", "white")])
+    assert grid.size == (16, 16)
+    assert grid.getpixel((12, 12)) == (255, 255, 255)
+    path = save_grid(grid, SaveOptions(outputs_dir=tmp_path), "txt2img", FACTS, "grid text")
+    assert path == tmp_path / "txt2img-grids" / "2026-11-29" / "grid-0000.png"
+    assert image_grid([_image()] * 3).size == (16, 16)  # 2 rows x 2 columns, one empty
+
+
+def test_a_killed_save_leaves_no_partial_file(tmp_path):
+    outputs, temp = tmp_path / "outputs", tmp_path / "tmp"
+    script = (
+        "import sys, numpy as np; sys.path.insert(0, sys.argv[1])\n"
+        "from PIL import Image\n"
+        "from modules.image_saving import SaveOptions, ImageFacts, save_image\n"
+        "big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (6000, 6000, 3), dtype=np.uint8))\n"
+        "print('saving', flush=True)\n"
+        "save_image(big, SaveOptions(outputs_dir=__import__('pathlib').Path(sys.argv[2]),"
+        " temp_dir=__import__('pathlib').Path(sys.argv[3])), 'txt2img', ImageFacts(seed=1), 'x')\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, str(ROOT), str(outputs), str(temp)],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "saving"
+    time.sleep(0.5)  # encoding a 6000x6000 noise PNG takes seconds: kill it mid-write
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    leftovers = [p for p in outputs.rglob("*") if p.is_file()]
+    assert leftovers == []
+    assert any(temp.iterdir())  # the partial file is in the temporary folder, not in outputs/
