@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modules.rng import NoiseSource
 from modules.sampling.registry import split_sampler_and_schedule
@@ -47,6 +48,18 @@ class Txt2ImgRequest(BaseModel):
     thresholding: Literal["none", "static", "dynamic", "mimic"] = "none"
     threshold_percentile: float = Field(0.995, gt=0.0, le=1.0)
     mimic_scale: float = Field(7.0, ge=0.0, le=30.0)
+    # Hires fix: a first pass at width x height, an upscale, and a second img2img pass.
+    enable_hr: bool = False
+    hr_scale: float = Field(2.0, ge=1.0, le=4.0)
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = Field(0, ge=0, le=150)
+    hr_resize_x: int = Field(0, ge=0, le=4096)
+    hr_resize_y: int = Field(0, ge=0, le=4096)
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    denoising_strength: float = Field(0.7, ge=0.0, le=1.0)
     save_images: bool = True
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
@@ -73,3 +86,27 @@ class Txt2ImgRequest(BaseModel):
         elif isinstance(data, dict) and data.get("scheduler"):
             data = {**data, "scheduler": find_schedule(str(data["scheduler"])).label}
         return data
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """img2img and inpainting: the txt2img fields plus the init image, mask and how to use them."""
+
+    model_config = ConfigDict(extra="ignore", arbitrary_types_allowed=True)
+
+    init_images: list[Image.Image] = Field(default_factory=list)
+    resize_mode: int = Field(0, ge=0, le=3)  # Just resize, Crop and resize, Resize and fill, latent upscale
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    mask: Image.Image | None = None
+    mask_blur: int = Field(4, ge=0, le=64)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)  # 1: "Inpaint not masked"
+    inpainting_fill: int = Field(1, ge=0, le=3)  # fill, original, latent noise, latent nothing
+    inpaint_full_res: bool = False  # "Only masked"
+    inpaint_full_res_padding: int = Field(32, ge=0, le=256)
+    initial_noise_multiplier: float = Field(1.0, ge=0.0, le=1.5)
+
+    @field_validator("init_images")
+    @classmethod
+    def _one_image_at_least(cls, images: list[Image.Image]) -> list[Image.Image]:
+        if not images:
+            raise ValueError("img2img needs at least one init image")
+        return images

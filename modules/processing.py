@@ -1,6 +1,7 @@
-"""txt2img as named stages over one request.
+"""txt2img and img2img as named stages over one request.
 
-    resolve seeds -> encode prompts -> initial noise -> sample -> decode -> save
+    txt2img: seeds -> encode prompts -> sample -> [hires: upscale -> sample again] -> decode -> save
+    img2img: seeds -> prepare image/mask -> encode image -> sample from it -> decode -> composite -> save
 """
 
 from __future__ import annotations
@@ -13,16 +14,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import image_saving
-from modules.image_saving import ImageFacts, SaveOptions
+from modules import image_prep, image_saving, upscalers
 from modules.conditioning import encode_prompts
-from modules.generation_request import Txt2ImgRequest
+from modules.generation_request import Img2ImgRequest, Txt2ImgRequest
+from modules.image_saving import ImageFacts, SaveOptions
 from modules.infotext import create_infotext, format_number
-from modules.rng import ImageRNG, resolve_seed
-from modules.sampling.denoisers import DiscreteDenoiser
-from modules.sampling.guidance import CFGDenoiser
-from modules.sampling.registry import find_sampler, noise_sampler_for, run_sampler, sigmas_for
-from modules.sampling.samplers import SamplingInterrupted
+from modules.latent_sampling import InitLatent, NoiseSettings, SamplingSettings, sample_latents
+from modules.rng import resolve_seed
+from modules.sampling.registry import find_sampler
 from modules.sampling.thresholding import Thresholding
 from modules.sd_model import StableDiffusionModel
 
@@ -38,6 +37,8 @@ class GenerationResult:
     grid_path: Path | None = None
 
 
+# ---- seeds, settings, conditioning ------------------------------------------------------------
+
 def batch_seeds(request: Txt2ImgRequest, first_seed: int, first_subseed: int,
                 batch_index: int) -> tuple[list[int], list[int]]:
     """Seeds and variation seeds of one batch: seed + i per image, or, with a variation strength,
@@ -49,17 +50,76 @@ def batch_seeds(request: Txt2ImgRequest, first_seed: int, first_subseed: int,
     return [first_seed + i for i in indices], [first_subseed + i for i in indices]
 
 
+def sampling_settings(request: Txt2ImgRequest, width: int, height: int, steps: int | None = None,
+                      sampler_name: str | None = None, scheduler: str | None = None) -> SamplingSettings:
+    return SamplingSettings(
+        sampler_name=sampler_name or request.sampler_name, scheduler=scheduler or request.scheduler,
+        steps=steps or request.steps, cfg_scale=request.cfg_scale, width=width, height=height,
+        thresholding=Thresholding(request.thresholding, percentile=request.threshold_percentile,
+                                  mimic_scale=request.mimic_scale),
+        s_churn=request.s_churn, s_tmin=request.s_tmin, s_tmax=request.s_tmax, s_noise=request.s_noise,
+        eta=request.eta)
+
+
+def noise_settings(request: Txt2ImgRequest, seeds: list[int], subseeds: list[int]) -> NoiseSettings:
+    return NoiseSettings(seeds=seeds, subseeds=subseeds, subseed_strength=request.subseed_strength,
+                         seed_resize_from_h=max(request.seed_resize_from_h, 0),
+                         seed_resize_from_w=max(request.seed_resize_from_w, 0), source=request.randn_source,
+                         eta_noise_seed_delta=request.eta_noise_seed_delta,
+                         initial_noise_multiplier=getattr(request, "initial_noise_multiplier", 1.0))
+
+
+def encode_pair(model: StableDiffusionModel, prompt: str, negative: str, request: Txt2ImgRequest,
+                width: int, height: int, image_cond: torch.Tensor | None = None) -> tuple[dict, dict]:
+    cond = encode_prompts(model, [prompt], width, height, request.clip_skip)
+    uncond = encode_prompts(model, [negative], width, height, request.clip_skip)
+    if image_cond is not None:
+        cond, uncond = {**cond, "image_cond": image_cond}, {**uncond, "image_cond": image_cond}
+    return cond, uncond
+
+
+# ---- VAE --------------------------------------------------------------------------------------
+
 @torch.no_grad()
 def decode_latents(model: StableDiffusionModel, latents: torch.Tensor) -> list[Image.Image]:
-    vae = model.vae
     scaled = (latents / model.scale_factor).to(model.policy.device, model.policy.vae_dtype)
-    pixels = vae.decode(scaled, return_dict=False)[0].float()
+    pixels = model.vae.decode(scaled, return_dict=False)[0].float()
     pixels = ((pixels + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
     array = pixels.permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
 
 
-def build_infotext(model: StableDiffusionModel, request: Txt2ImgRequest, seed: int, subseed: int) -> str:
+@torch.no_grad()
+def encode_pixels(model: StableDiffusionModel, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] -> scaled latents (the distribution's mode: deterministic)."""
+    posterior = model.vae.encode(pixels.to(model.policy.device, model.policy.vae_dtype)).latent_dist
+    return posterior.mode().float() * model.scale_factor
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB image -> [1, 3, H, W] in [-1, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+def inpainting_conditioning(model: StableDiffusionModel, pixels: torch.Tensor, mask: torch.Tensor | None,
+                            batch: int) -> torch.Tensor | None:
+    """9-channel checkpoints see the mask and the latents of the image with the masked area blanked.
+
+    `mask` is [1, 1, H, W] in pixel space (1 = repaint); None means all of it (txt2img).
+    """
+    if model.unet_in_channels == model.latent_channels:
+        return None
+    mask = torch.ones_like(pixels[:, :1]) if mask is None else mask.round()
+    latents = encode_pixels(model, pixels * (1 - mask))
+    latent_mask = torch.nn.functional.interpolate(mask, size=latents.shape[2:]).to(latents.device)
+    return torch.cat([latent_mask, latents], dim=1).repeat(batch, 1, 1, 1)
+
+
+# ---- infotext and saving ----------------------------------------------------------------------
+
+def build_infotext(model: StableDiffusionModel, request: Txt2ImgRequest, seed: int, subseed: int,
+                   width: int, height: int, extra: dict[str, object] | None = None) -> str:
     spec = find_sampler(request.sampler_name)
     variation = request.subseed_strength > 0
     resized = request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0
@@ -69,79 +129,27 @@ def build_infotext(model: StableDiffusionModel, request: Txt2ImgRequest, seed: i
         "Schedule type": request.scheduler,
         "CFG scale": format_number(request.cfg_scale),
         "Seed": seed,
-        "Size": f"{request.width}x{request.height}",
+        "Size": f"{width}x{height}",
         "Model hash": model.checkpoint.shorthash,
         "Model": model.checkpoint.model_name,
         "VAE": Path(model.vae_name).stem if model.vae_name else None,
         "Variation seed": subseed if variation else None,
         "Variation seed strength": format_number(request.subseed_strength) if variation else None,
         "Seed resize from": f"{request.seed_resize_from_w}x{request.seed_resize_from_h}" if resized else None,
+        "Denoising strength": None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         "ENSD": request.eta_noise_seed_delta if request.eta_noise_seed_delta and spec.uses_ensd else None,
         "RNG": request.randn_source if request.randn_source != "GPU" else None,
         "Eta": format_number(request.eta) if request.eta is not None else None,
         "Thresholding": request.thresholding if request.thresholding != "none" else None,
+        **(extra or {}),
     }
     return create_infotext(request.prompt, request.negative_prompt, params)
 
 
-@torch.no_grad()
-def encode_pixels(model: StableDiffusionModel, pixels: torch.Tensor) -> torch.Tensor:
-    """Pixels in [-1, 1] -> scaled latents (the distribution's mode: deterministic)."""
-    vae = model.vae
-    posterior = vae.encode(pixels.to(model.policy.device, model.policy.vae_dtype)).latent_dist
-    return posterior.mode().float() * model.scale_factor
-
-
-def txt2img_image_conditioning(model: StableDiffusionModel, batch: int, width: int, height: int) -> torch.Tensor | None:
-    """Inpainting checkpoints need mask + masked-image latents even for txt2img: mask all, image grey."""
-    if model.unet_in_channels == model.latent_channels:
-        return None
-    grey = torch.zeros(1, 3, height, width)  # 0.5 grey in [0, 1] is 0 in [-1, 1]
-    latents = encode_pixels(model, grey)
-    mask = torch.ones(1, 1, *latents.shape[2:], device=latents.device)
-    return torch.cat([mask, latents], dim=1).repeat(batch, 1, 1, 1)
-
-
-def _thresholding(request: Txt2ImgRequest) -> Thresholding:
-    return Thresholding(request.thresholding, percentile=request.threshold_percentile, mimic_scale=request.mimic_scale)
-
-
-@torch.no_grad()
-def sample_batch(model: StableDiffusionModel, request: Txt2ImgRequest, seeds: list[int], subseeds: list[int],
-                 callback: StepCallback | None = None) -> torch.Tensor:
-    """Latents for one batch. A callback may raise SamplingInterrupted: the latest x is returned."""
-    spec = find_sampler(request.sampler_name)
-    device = model.policy.device
-    cond = encode_prompts(model, [request.prompt], request.width, request.height, request.clip_skip)
-    uncond = encode_prompts(model, [request.negative_prompt], request.width, request.height, request.clip_skip)
-    image_cond = txt2img_image_conditioning(model, len(seeds), request.width, request.height)
-    if image_cond is not None:
-        cond, uncond = {**cond, "image_cond": image_cond}, {**uncond, "image_cond": image_cond}
-    denoiser = CFGDenoiser(DiscreteDenoiser(model.unet_fn, model.schedule, model.prediction),
-                           cond, uncond, request.cfg_scale, _thresholding(request))
-    sigmas = sigmas_for(spec, request.scheduler, request.steps, model.schedule, model.is_sdxl).to(device)
-    rng = ImageRNG((model.latent_channels, request.height // 8, request.width // 8), seeds, subseeds,
-                   request.subseed_strength, max(request.seed_resize_from_h, 0), max(request.seed_resize_from_w, 0),
-                   source=request.randn_source, device=device, eta_noise_seed_delta=request.eta_noise_seed_delta)
-    x = rng.first().to(device) * sigmas[0]
-    latest = {"x": x}
-
-    def on_step(info: dict) -> None:
-        latest["x"] = info["x"]
-        if callback is not None:
-            callback(info)
-
-    try:
-        return run_sampler(spec, denoiser, x, sigmas, callback=on_step,
-                           noise_sampler=noise_sampler_for(spec, x, sigmas, rng, seeds),
-                           s_churn=request.s_churn, s_tmin=request.s_tmin, s_tmax=request.s_tmax,
-                           s_noise=request.s_noise, eta=request.eta)
-    except SamplingInterrupted:
-        return latest["x"]
-
-
-def save_options_for(outputs_dir: Path | None, request: Txt2ImgRequest) -> SaveOptions | None:
+def save_options_for(outputs_dir: Path | SaveOptions | None, request: Txt2ImgRequest) -> SaveOptions | None:
+    if isinstance(outputs_dir, SaveOptions):
+        return outputs_dir if request.save_images else None
     if outputs_dir is None or not request.save_images:
         return None
     # Temporary files live beside outputs/, never in it, so a kill mid-write leaves nothing there.
@@ -149,32 +157,206 @@ def save_options_for(outputs_dir: Path | None, request: Txt2ImgRequest) -> SaveO
 
 
 def _facts(model: StableDiffusionModel, request: Txt2ImgRequest, seed: int, batch_number: int,
-           seeds: list[int]) -> ImageFacts:
+           seeds: list[int], width: int, height: int) -> ImageFacts:
     return ImageFacts(seed=seed, prompt=request.prompt, negative_prompt=request.negative_prompt,
                       model_name=model.checkpoint.model_name, model_hash=model.checkpoint.shorthash or "",
                       sampler=request.sampler_name, scheduler=request.scheduler, steps=request.steps,
-                      cfg_scale=request.cfg_scale, width=request.width, height=request.height,
+                      cfg_scale=request.cfg_scale, width=width, height=height,
                       batch_number=batch_number, seeds=tuple(seeds))
+
+
+def _collect(result: GenerationResult, model, request, kind: str, save: SaveOptions | None,
+             images: list[Image.Image], seeds: list[int], infotexts: list[str]) -> None:
+    for number, (image, seed, infotext) in enumerate(zip(images, seeds, infotexts)):
+        result.images.append(image)
+        result.seeds.append(seed)
+        result.infotexts.append(infotext)
+        if save is not None and not request.do_not_save_samples:
+            facts = _facts(model, request, seed, number, seeds, image.width, image.height)
+            result.paths.append(image_saving.save_image(image, save, kind, facts, infotext))
+
+
+def _save_grid(result: GenerationResult, model, request, kind: str, save: SaveOptions | None) -> None:
+    if save is not None and len(result.images) > 1 and not request.do_not_save_grid:
+        grid = image_saving.image_grid(result.images)
+        first = result.images[0]
+        facts = _facts(model, request, result.seeds[0], 0, result.seeds, first.width, first.height)
+        result.grid_path = image_saving.save_grid(grid, save, kind, facts, result.infotexts[0])
+
+
+# ---- txt2img ----------------------------------------------------------------------------------
+
+def hires_size(request: Txt2ImgRequest) -> tuple[int, int]:
+    """Target size of the hires pass: `Resize width/height to` when given, else `Upscale by`."""
+    if request.hr_resize_x or request.hr_resize_y:
+        ratio = request.width / request.height
+        width = request.hr_resize_x or int(request.hr_resize_y * ratio)
+        height = request.hr_resize_y or int(request.hr_resize_x / ratio)
+    else:
+        width, height = int(request.width * request.hr_scale), int(request.height * request.hr_scale)
+    return width // 8 * 8, height // 8 * 8
+
+
+def _hires_pass(model, request: Txt2ImgRequest, latents: torch.Tensor, seeds, subseeds,
+                callback: StepCallback | None) -> tuple[torch.Tensor, dict[str, object]]:
+    width, height = hires_size(request)
+    if upscalers.is_latent_mode(request.hr_upscaler):
+        start = upscalers.upscale_latent(latents, request.hr_upscaler, height, width)
+    else:
+        images = [upscalers.upscale_image(im, request.hr_upscaler, width, height)
+                  for im in decode_latents(model, latents)]
+        start = torch.cat([encode_pixels(model, image_to_tensor(im)) for im in images])
+    prompt = request.hr_prompt or request.prompt
+    negative = request.hr_negative_prompt or request.negative_prompt
+    pixels_for_cond = None
+    if model.unet_in_channels != model.latent_channels:
+        pixels_for_cond = torch.cat([image_to_tensor(im) for im in decode_latents(model, start)])
+    image_cond = inpainting_conditioning(model, pixels_for_cond[:1], None, len(seeds)) \
+        if pixels_for_cond is not None else None
+    cond, uncond = encode_pair(model, prompt, negative, request, width, height, image_cond)
+    settings = sampling_settings(request, width, height, steps=request.hr_second_pass_steps or request.steps,
+                                 sampler_name=request.hr_sampler_name, scheduler=request.hr_scheduler)
+    init = InitLatent(start, request.denoising_strength, fixed_steps=True)
+    latents = sample_latents(model, settings, noise_settings(request, seeds, subseeds), cond, uncond, init, callback)
+    extra = {"Denoising strength": format_number(request.denoising_strength),
+             "Hires upscale" if not (request.hr_resize_x or request.hr_resize_y) else "Hires resize":
+                 format_number(request.hr_scale) if not (request.hr_resize_x or request.hr_resize_y)
+                 else f"{width}x{height}",
+             "Hires steps": request.hr_second_pass_steps or None, "Hires upscaler": request.hr_upscaler,
+             "Hires sampler": request.hr_sampler_name, "Hires schedule type": request.hr_scheduler,
+             "Hires prompt": request.hr_prompt or None, "Hires negative prompt": request.hr_negative_prompt or None}
+    return latents, extra
 
 
 def txt2img(model: StableDiffusionModel, request: Txt2ImgRequest, outputs_dir: Path | SaveOptions | None,
             callback: StepCallback | None = None) -> GenerationResult:
-    save = outputs_dir if isinstance(outputs_dir, SaveOptions) else save_options_for(outputs_dir, request)
+    save = save_options_for(outputs_dir, request)
     first_seed, first_subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
     result = GenerationResult(images=[], seeds=[], infotexts=[])
+    image_cond = inpainting_conditioning(model, torch.zeros(1, 3, request.height, request.width), None,
+                                         request.batch_size)
+    cond, uncond = encode_pair(model, request.prompt, request.negative_prompt, request, request.width,
+                               request.height, image_cond)
+    settings = sampling_settings(request, request.width, request.height)
     for batch_index in range(request.n_iter):
         seeds, subseeds = batch_seeds(request, first_seed, first_subseed, batch_index)
-        latents = sample_batch(model, request, seeds, subseeds, callback)
-        for number, (image, seed, subseed) in enumerate(zip(decode_latents(model, latents), seeds, subseeds)):
-            infotext = build_infotext(model, request, seed, subseed)
-            result.images.append(image)
-            result.seeds.append(seed)
-            result.infotexts.append(infotext)
-            if save is not None and not request.do_not_save_samples:
-                facts = _facts(model, request, seed, number, seeds)
-                result.paths.append(image_saving.save_image(image, save, "txt2img", facts, infotext))
-    if save is not None and len(result.images) > 1 and not request.do_not_save_grid:
-        grid = image_saving.image_grid(result.images, rows=None)
-        facts = _facts(model, request, result.seeds[0], 0, result.seeds)
-        result.grid_path = image_saving.save_grid(grid, save, "txt2img", facts, result.infotexts[0])
+        latents = sample_latents(model, settings, noise_settings(request, seeds, subseeds), cond, uncond,
+                                 callback=callback)
+        width, height, extra = request.width, request.height, {}
+        if request.enable_hr:
+            latents, extra = _hires_pass(model, request, latents, seeds, subseeds, callback)
+            width, height = hires_size(request)
+        images = decode_latents(model, latents)
+        infotexts = [build_infotext(model, request, seed, subseed, width, height, extra)
+                     for seed, subseed in zip(seeds, subseeds)]
+        _collect(result, model, request, "txt2img", save, images, seeds, infotexts)
+    _save_grid(result, model, request, "txt2img", save)
+    return result
+
+
+# ---- img2img and inpainting -------------------------------------------------------------------
+
+@dataclass
+class _Prepared:
+    """The init image and mask at processing size, and how to put the result back."""
+
+    image: Image.Image  # at width x height
+    mask: Image.Image | None  # at width x height, blurred, white = repaint
+    original: Image.Image  # the full init image
+    full_mask: Image.Image | None  # the blurred mask at the original size
+    crop_box: tuple[int, int, int, int] | None  # "only masked": where the processed image goes back
+
+
+def _prepare(request: Img2ImgRequest) -> _Prepared:
+    original = request.init_images[0].convert("RGB")
+    if request.mask is None:
+        image = image_prep.resize_image(image_prep.ResizeMode(request.resize_mode), original,
+                                        request.width, request.height)
+        return _Prepared(image, None, original, None, None)
+    full_mask = image_prep.prepare_mask(request.mask.resize(original.size), request.mask_blur,
+                                        bool(request.inpainting_mask_invert))
+    if request.inpaint_full_res:
+        box = image_prep.masked_region(full_mask, request.inpaint_full_res_padding)
+        if box is not None:
+            box = image_prep.expand_to_aspect(box, request.width, request.height, *original.size)
+            image = original.crop(box).resize((request.width, request.height), image_prep.LANCZOS)
+            mask = full_mask.crop(box).resize((request.width, request.height), image_prep.LANCZOS)
+            return _Prepared(image, mask, original, full_mask, box)
+    mode = image_prep.ResizeMode(request.resize_mode)
+    image = image_prep.resize_image(mode, original, request.width, request.height)
+    mask = image_prep.resize_image(mode, full_mask.convert("RGB"), request.width, request.height).convert("L")
+    return _Prepared(image, mask, original, full_mask if mode == image_prep.ResizeMode.JUST_RESIZE and
+                     original.size == (request.width, request.height) else None, None)
+
+
+def _put_back(prepared: _Prepared, generated: Image.Image) -> Image.Image:
+    """Composite onto the original so pixels outside the mask stay exactly as they were."""
+    if prepared.mask is None:
+        return generated
+    if prepared.crop_box is not None:
+        x1, y1, x2, y2 = prepared.crop_box
+        pasted = prepared.original.copy()
+        pasted.paste(generated.resize((x2 - x1, y2 - y1), image_prep.LANCZOS), (x1, y1))
+        return image_prep.composite(prepared.original, pasted, prepared.full_mask)
+    if prepared.full_mask is not None:
+        return image_prep.composite(prepared.original, generated, prepared.full_mask)
+    return image_prep.composite(prepared.image, generated, prepared.mask)
+
+
+def _init_latent(model, request: Img2ImgRequest, prepared: _Prepared, batch: int,
+                 noise: NoiseSettings) -> tuple[InitLatent, torch.Tensor | None]:
+    source = prepared.image
+    if prepared.mask is not None and request.inpainting_fill == image_prep.MaskedContent.FILL:
+        source = image_prep.fill_masked(source, prepared.mask)
+    pixels = image_to_tensor(source)
+    if request.resize_mode == image_prep.ResizeMode.LATENT_UPSCALE and prepared.mask is None:
+        latent = upscalers.upscale_latent(encode_pixels(model, image_to_tensor(prepared.original)), "Latent",
+                                          request.height, request.width)
+    else:
+        latent = encode_pixels(model, pixels)
+    latent = latent.repeat(batch, 1, 1, 1)
+    mask_pixels = None
+    keep = None
+    if prepared.mask is not None:
+        mask_pixels = torch.from_numpy(np.asarray(prepared.mask, dtype=np.float32) / 255)[None, None]
+        latent_mask = torch.nn.functional.interpolate(mask_pixels, size=latent.shape[2:], mode="bilinear")
+        latent_mask = latent_mask.round()  # AUTOMATIC1111 rounds the latent mask (no soft inpainting)
+        keep = (1 - latent_mask).to(latent.device)
+        if request.inpainting_fill == image_prep.MaskedContent.LATENT_NOISE:
+            from modules.rng import ImageRNG
+
+            fresh = ImageRNG(tuple(latent.shape[1:]), [s + 1 for s in noise.seeds], source=noise.source).first()
+            latent = latent * keep + fresh.to(latent.device) * (1 - keep)
+        elif request.inpainting_fill == image_prep.MaskedContent.LATENT_NOTHING:
+            latent = latent * keep
+    image_cond = inpainting_conditioning(model, image_to_tensor(prepared.image), mask_pixels, batch)
+    return InitLatent(latent, request.denoising_strength, keep_mask=keep), image_cond
+
+
+def img2img(model: StableDiffusionModel, request: Img2ImgRequest, outputs_dir: Path | SaveOptions | None,
+            callback: StepCallback | None = None) -> GenerationResult:
+    save = save_options_for(outputs_dir, request)
+    prepared = _prepare(request)
+    first_seed, first_subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
+    result = GenerationResult(images=[], seeds=[], infotexts=[])
+    settings = sampling_settings(request, request.width, request.height)
+    extra: dict[str, object] = {"Denoising strength": format_number(request.denoising_strength)}
+    if prepared.mask is not None:
+        extra.update({"Mask blur": request.mask_blur,
+                      "Masked content": image_prep.MASKED_CONTENT_NAMES[request.inpainting_fill],
+                      "Inpaint area": "Only masked" if request.inpaint_full_res else None,
+                      "Masked area padding": request.inpaint_full_res_padding if request.inpaint_full_res else None,
+                      "Mask mode": "Inpaint not masked" if request.inpainting_mask_invert else None})
+    for batch_index in range(request.n_iter):
+        seeds, subseeds = batch_seeds(request, first_seed, first_subseed, batch_index)
+        noise = noise_settings(request, seeds, subseeds)
+        init, image_cond = _init_latent(model, request, prepared, len(seeds), noise)
+        cond, uncond = encode_pair(model, request.prompt, request.negative_prompt, request, request.width,
+                                   request.height, image_cond)
+        latents = sample_latents(model, settings, noise, cond, uncond, init, callback)
+        images = [_put_back(prepared, image) for image in decode_latents(model, latents)]
+        infotexts = [build_infotext(model, request, seed, subseed, images[0].width, images[0].height, extra)
+                     for seed, subseed in zip(seeds, subseeds)]
+        _collect(result, model, request, "img2img", save, images, seeds, infotexts)
+    _save_grid(result, model, request, "img2img", save)
     return result

@@ -1,0 +1,42 @@
+"""Upscalers by name: the built-in resamplers and the latent modes of hires fix.
+
+Model upscalers (ESRGAN family through spandrel) register here too; see the upscaler registry.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+# AUTOMATIC1111's latent upscale modes: name -> (interpolation mode, antialias)
+LATENT_MODES: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+PIXEL_RESAMPLERS = {"None": None, "Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
+
+
+class UnknownUpscalerError(ValueError):
+    pass
+
+
+def is_latent_mode(name: str) -> bool:
+    return name in LATENT_MODES
+
+
+def upscale_latent(latent: torch.Tensor, name: str, height: int, width: int) -> torch.Tensor:
+    mode, antialias = LATENT_MODES[name]
+    return F.interpolate(latent, size=(height // 8, width // 8), mode=mode, antialias=antialias)
+
+
+def upscale_image(image: Image.Image, name: str, width: int, height: int) -> Image.Image:
+    """Resize with a built-in resampler ("None" still resizes, with Lanczos, as AUTOMATIC1111 does)."""
+    if name not in PIXEL_RESAMPLERS:
+        raise UnknownUpscalerError(f"unknown upscaler {name!r}; choose one of: "
+                                   f"{', '.join([*LATENT_MODES, *PIXEL_RESAMPLERS])}")
+    return image.resize((width, height), PIXEL_RESAMPLERS[name] or Image.Resampling.LANCZOS)
