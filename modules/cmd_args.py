@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--ckpt-dir", default=None, metavar="DIR", help="extra folder searched for checkpoints")
     paths.add_argument("--vae-dir", default=None, metavar="DIR", help="extra folder searched for VAE files")
     paths.add_argument("--vae-path", default=None, metavar="FILE", help="VAE to use for every checkpoint")
+    paths.add_argument("--esrgan-models-path", default=None, metavar="DIR", help="extra folder of ESRGAN models")
+    paths.add_argument("--realesrgan-models-path", default=None, metavar="DIR", help="extra folder of Real-ESRGAN models")
+    paths.add_argument("--swinir-models-path", default=None, metavar="DIR", help="extra folder of SwinIR models")
+    paths.add_argument("--dat-models-path", default=None, metavar="DIR", help="extra folder of DAT models")
+    paths.add_argument("--gfpgan-models-path", default=None, metavar="DIR", help="extra folder of GFPGAN models")
+    paths.add_argument("--codeformer-models-path", default=None, metavar="DIR", help="extra folder of CodeFormer models")
     paths.add_argument("--outdir", default=None, metavar="DIR", help="folder for generated images (default DATA_DIR/outputs)")
 
     device = parser.add_argument_group("device and precision")

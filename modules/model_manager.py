@@ -22,6 +22,7 @@ from modules.paths import Paths
 from modules.safe_load import ModelFileError
 from modules.sd_loader import inspect_checkpoint, load_checkpoint
 from modules.sd_model import StableDiffusionModel
+from modules.upscaler_models import UpscalerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class ModelManager:
         self._loaded: StableDiffusionModel | None = None
         self._checkpoints: list[CheckpointInfo] = []
         self._vaes: list[vae_files.VaeInfo] = []
+        self.upscalers = UpscalerRegistry({k: list(v) for k, v in paths.upscaler_dirs.items()}, policy.device,
+                                          half=policy.unet_dtype == torch.float16)
         self.refresh()
 
     # ---- listing -------------------------------------------------------------------------
@@ -58,6 +61,7 @@ class ModelManager:
         with self._lock:
             self._checkpoints = list_checkpoints(self.paths.checkpoint_dirs, self._hashes, extra)
             self._vaes = vae_files.list_vaes(self.paths.vae_dirs, self.paths.checkpoint_dirs)
+            self.upscalers.refresh()
             return list(self._checkpoints)
 
     @property

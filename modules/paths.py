@@ -19,6 +19,7 @@ class Paths:
     vae_dirs: tuple[Path, ...]
     cache_file: Path
     config_file: Path
+    upscaler_dirs: dict[str, tuple[Path, ...]]
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Paths":
@@ -33,7 +34,14 @@ class Paths:
         vae_dirs = [models_dir / "VAE"]
         if args.vae_dir:
             vae_dirs.append(Path(args.vae_dir).expanduser().resolve())
+        upscaler_flags = {"ESRGAN": "esrgan_models_path", "RealESRGAN": "realesrgan_models_path",
+                          "SwinIR": "swinir_models_path", "DAT": "dat_models_path", "HAT": None}
+        upscaler_dirs = {}
+        for kind, flag in upscaler_flags.items():
+            extra = getattr(args, flag, None) if flag else None
+            upscaler_dirs[kind] = (models_dir / kind,) + ((Path(extra).expanduser().resolve(),) if extra else ())
         return cls(
+            upscaler_dirs=upscaler_dirs,
             data_dir=data_dir,
             models_dir=models_dir,
             outputs_dir=outputs_dir,

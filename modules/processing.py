@@ -198,12 +198,12 @@ def hires_size(request: Txt2ImgRequest) -> tuple[int, int]:
 
 
 def _hires_pass(model, request: Txt2ImgRequest, latents: torch.Tensor, seeds, subseeds,
-                callback: StepCallback | None) -> tuple[torch.Tensor, dict[str, object]]:
+                callback: StepCallback | None, upscaler_models) -> tuple[torch.Tensor, dict[str, object]]:
     width, height = hires_size(request)
     if upscalers.is_latent_mode(request.hr_upscaler):
         start = upscalers.upscale_latent(latents, request.hr_upscaler, height, width)
     else:
-        images = [upscalers.upscale_image(im, request.hr_upscaler, width, height)
+        images = [upscalers.upscale_image(im, request.hr_upscaler, width, height, upscaler_models)
                   for im in decode_latents(model, latents)]
         start = torch.cat([encode_pixels(model, image_to_tensor(im)) for im in images])
     prompt = request.hr_prompt or request.prompt
@@ -229,7 +229,8 @@ def _hires_pass(model, request: Txt2ImgRequest, latents: torch.Tensor, seeds, su
 
 
 def txt2img(model: StableDiffusionModel, request: Txt2ImgRequest, outputs_dir: Path | SaveOptions | None,
-            callback: StepCallback | None = None) -> GenerationResult:
+            callback: StepCallback | None = None, upscaler_models=None) -> GenerationResult:
+    """`upscaler_models`: an UpscalerRegistry, for hires fix with a model upscaler."""
     save = save_options_for(outputs_dir, request)
     first_seed, first_subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
     result = GenerationResult(images=[], seeds=[], infotexts=[])
@@ -244,7 +245,7 @@ def txt2img(model: StableDiffusionModel, request: Txt2ImgRequest, outputs_dir: P
                                  callback=callback)
         width, height, extra = request.width, request.height, {}
         if request.enable_hr:
-            latents, extra = _hires_pass(model, request, latents, seeds, subseeds, callback)
+            latents, extra = _hires_pass(model, request, latents, seeds, subseeds, callback, upscaler_models)
             width, height = hires_size(request)
         images = decode_latents(model, latents)
         infotexts = [build_infotext(model, request, seed, subseed, width, height, extra)

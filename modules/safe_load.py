@@ -101,6 +101,20 @@ def load_state_dict(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     return _flatten_checkpoint(_load_pickled(path, device), path)
 
 
+def load_state_dict_nested(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors of a model file, unwrapping the containers upscaler and face-restorer files use
+    (`params_ema`, `params`, `state_dict`, `model`); always through the same safe readers."""
+    path = Path(path)
+    if sniff_format(path) is FileFormat.SAFETENSORS:
+        return _load_safetensors(path, device)
+    obj = _load_pickled(path, device)
+    for key in ("params_ema", "params", "state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    return _flatten_checkpoint(obj, path)
+
+
 def _load_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
     import safetensors.torch
     from safetensors import SafetensorError

@@ -34,9 +34,12 @@ def upscale_latent(latent: torch.Tensor, name: str, height: int, width: int) -> 
     return F.interpolate(latent, size=(height // 8, width // 8), mode=mode, antialias=antialias)
 
 
-def upscale_image(image: Image.Image, name: str, width: int, height: int) -> Image.Image:
-    """Resize with a built-in resampler ("None" still resizes, with Lanczos, as AUTOMATIC1111 does)."""
-    if name not in PIXEL_RESAMPLERS:
-        raise UnknownUpscalerError(f"unknown upscaler {name!r}; choose one of: "
-                                   f"{', '.join([*LATENT_MODES, *PIXEL_RESAMPLERS])}")
-    return image.resize((width, height), PIXEL_RESAMPLERS[name] or Image.Resampling.LANCZOS)
+def upscale_image(image: Image.Image, name: str, width: int, height: int, models=None) -> Image.Image:
+    """Resize with a built-in resampler ("None" still resizes, with Lanczos, as AUTOMATIC1111 does)
+    or with a model upscaler from `models` (an UpscalerRegistry)."""
+    if name in PIXEL_RESAMPLERS:
+        return image.resize((width, height), PIXEL_RESAMPLERS[name] or Image.Resampling.LANCZOS)
+    if models is not None and models.find(name) is not None:
+        return models.upscale(image, name, width, height)
+    choices = [*LATENT_MODES, *PIXEL_RESAMPLERS, *(models.names() if models is not None else [])]
+    raise UnknownUpscalerError(f"unknown upscaler {name!r}; choose one of: {', '.join(choices)}")
