@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--ckpt-dir", default=None, metavar="DIR", help="extra folder searched for checkpoints")
     paths.add_argument("--vae-dir", default=None, metavar="DIR", help="extra folder searched for VAE files")
     paths.add_argument("--vae-path", default=None, metavar="FILE", help="VAE to use for every checkpoint")
+    paths.add_argument("--lora-dir", default=None, metavar="DIR", help="folder of LoRA files (default models/Lora)")
+    paths.add_argument("--embeddings-dir", default=None, metavar="DIR",
+                       help="folder of textual-inversion embeddings (default DATA_DIR/embeddings)")
     paths.add_argument("--esrgan-models-path", default=None, metavar="DIR", help="extra folder of ESRGAN models")
     paths.add_argument("--realesrgan-models-path", default=None, metavar="DIR", help="extra folder of Real-ESRGAN models")
     paths.add_argument("--swinir-models-path", default=None, metavar="DIR", help="extra folder of SwinIR models")

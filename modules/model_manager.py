@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from modules import lora
 from modules import vae as vae_files
 from modules.checkpoints import CheckpointInfo, find_checkpoint, list_checkpoints
 from modules.devices import DevicePolicy
@@ -50,6 +51,8 @@ class ModelManager:
         self._loaded: StableDiffusionModel | None = None
         self._checkpoints: list[CheckpointInfo] = []
         self._vaes: list[vae_files.VaeInfo] = []
+        self.lora_cache = lora.LoraCache()
+        self.lora_files: list[lora.LoraFile] = []
         self.upscalers = UpscalerRegistry({k: list(v) for k, v in paths.upscaler_dirs.items()}, policy.device,
                                           half=policy.unet_dtype == torch.float16)
         self.refresh()
@@ -62,6 +65,7 @@ class ModelManager:
             self._checkpoints = list_checkpoints(self.paths.checkpoint_dirs, self._hashes, extra)
             self._vaes = vae_files.list_vaes(self.paths.vae_dirs, self.paths.checkpoint_dirs)
             self.upscalers.refresh()
+            self.lora_files = lora.list_lora_files(self.paths.lora_dirs)
             return list(self._checkpoints)
 
     @property
@@ -98,6 +102,11 @@ class ModelManager:
             return inspect_checkpoint(info.path).image_size
         except (ModelFileError, ValueError):
             return None
+
+    def resources(self) -> "Resources":
+        from modules.processing import Resources
+
+        return Resources(upscalers=self.upscalers, lora_files=list(self.lora_files), lora_cache=self.lora_cache)
 
     # ---- loading -------------------------------------------------------------------------
     @property

@@ -20,6 +20,7 @@ class Paths:
     cache_file: Path
     config_file: Path
     upscaler_dirs: dict[str, tuple[Path, ...]]
+    lora_dirs: tuple[Path, ...]
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Paths":
@@ -40,8 +41,12 @@ class Paths:
         for kind, flag in upscaler_flags.items():
             extra = getattr(args, flag, None) if flag else None
             upscaler_dirs[kind] = (models_dir / kind,) + ((Path(extra).expanduser().resolve(),) if extra else ())
+        lora_dirs = [models_dir / "Lora", models_dir / "LyCORIS"]
+        if getattr(args, "lora_dir", None):
+            lora_dirs.insert(0, Path(args.lora_dir).expanduser().resolve())
         return cls(
             upscaler_dirs=upscaler_dirs,
+            lora_dirs=tuple(lora_dirs),
             data_dir=data_dir,
             models_dir=models_dir,
             outputs_dir=outputs_dir,

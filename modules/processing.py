@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import image_prep, image_saving, upscalers
+from modules import image_prep, image_saving, lora, upscalers
 from modules.conditioning import encode_prompts
 from modules.generation_request import Img2ImgRequest, Txt2ImgRequest
 from modules.image_saving import ImageFacts, SaveOptions
@@ -35,6 +36,29 @@ class GenerationResult:
     infotexts: list[str]
     paths: list[Path] = field(default_factory=list)
     grid_path: Path | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. LoRA names that were not found
+
+
+@dataclass
+class Resources:
+    """What a generation may use besides the checkpoint: model upscalers and LoRA files."""
+
+    upscalers: object | None = None  # UpscalerRegistry
+    lora_files: list = field(default_factory=list)  # lora.LoraFile
+    lora_cache: lora.LoraCache = field(default_factory=lora.LoraCache)
+
+
+@contextmanager
+def _loras_applied(model: StableDiffusionModel, request: Txt2ImgRequest, resources: Resources,
+                   result: GenerationResult):
+    """Apply the prompt's <lora:...> tags for the duration; yields the request without the tags
+    and the infotext fields to add. The base weights come back exactly afterwards."""
+    plan = lora.plan_loras(request.prompt, resources.lora_files, resources.lora_cache)
+    result.warnings += [f"LoRA not found: {name}" for name in plan.not_found]
+    result.warnings += [f"LoRA {name} could not be read: {why}" for name, why in plan.failed.items()]
+    stripped = request.model_copy(update={"prompt": plan.prompt})
+    with lora.apply_loras(model, plan.loras):
+        yield stripped, plan.infotext
 
 
 # ---- seeds, settings, conditioning ------------------------------------------------------------
@@ -229,30 +253,40 @@ def _hires_pass(model, request: Txt2ImgRequest, latents: torch.Tensor, seeds, su
 
 
 def txt2img(model: StableDiffusionModel, request: Txt2ImgRequest, outputs_dir: Path | SaveOptions | None,
-            callback: StepCallback | None = None, upscaler_models=None) -> GenerationResult:
-    """`upscaler_models`: an UpscalerRegistry, for hires fix with a model upscaler."""
+            callback: StepCallback | None = None, resources: Resources | None = None) -> GenerationResult:
+    resources = resources or Resources()
+    result = GenerationResult(images=[], seeds=[], infotexts=[])
+    with _loras_applied(model, request, resources, result) as (stripped, lora_infotext):
+        _txt2img(model, request, stripped, outputs_dir, callback, resources, result, lora_infotext)
+    return result
+
+
+def _txt2img(model: StableDiffusionModel, request: Txt2ImgRequest, stripped: Txt2ImgRequest, outputs_dir,
+             callback: StepCallback | None, resources: Resources, result: GenerationResult,
+             lora_infotext: dict[str, object]) -> None:
+    """`request` is what the user wrote (it goes into the infotext); `stripped` has no LoRA tags."""
     save = save_options_for(outputs_dir, request)
     first_seed, first_subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
-    result = GenerationResult(images=[], seeds=[], infotexts=[])
     image_cond = inpainting_conditioning(model, torch.zeros(1, 3, request.height, request.width), None,
                                          request.batch_size)
-    cond, uncond = encode_pair(model, request.prompt, request.negative_prompt, request, request.width,
+    cond, uncond = encode_pair(model, stripped.prompt, request.negative_prompt, request, request.width,
                                request.height, image_cond)
     settings = sampling_settings(request, request.width, request.height)
     for batch_index in range(request.n_iter):
         seeds, subseeds = batch_seeds(request, first_seed, first_subseed, batch_index)
         latents = sample_latents(model, settings, noise_settings(request, seeds, subseeds), cond, uncond,
                                  callback=callback)
-        width, height, extra = request.width, request.height, {}
+        width, height, extra = request.width, request.height, dict(lora_infotext)
         if request.enable_hr:
-            latents, extra = _hires_pass(model, request, latents, seeds, subseeds, callback, upscaler_models)
+            latents, hires_extra = _hires_pass(model, stripped, latents, seeds, subseeds, callback,
+                                               resources.upscalers)
+            extra.update(hires_extra)
             width, height = hires_size(request)
         images = decode_latents(model, latents)
         infotexts = [build_infotext(model, request, seed, subseed, width, height, extra)
                      for seed, subseed in zip(seeds, subseeds)]
         _collect(result, model, request, "txt2img", save, images, seeds, infotexts)
     _save_grid(result, model, request, "txt2img", save)
-    return result
 
 
 # ---- img2img and inpainting -------------------------------------------------------------------
@@ -335,13 +369,21 @@ def _init_latent(model, request: Img2ImgRequest, prepared: _Prepared, batch: int
 
 
 def img2img(model: StableDiffusionModel, request: Img2ImgRequest, outputs_dir: Path | SaveOptions | None,
-            callback: StepCallback | None = None) -> GenerationResult:
+            callback: StepCallback | None = None, resources: Resources | None = None) -> GenerationResult:
+    resources = resources or Resources()
+    result = GenerationResult(images=[], seeds=[], infotexts=[])
+    with _loras_applied(model, request, resources, result) as (stripped, lora_infotext):
+        _img2img(model, request, stripped, outputs_dir, callback, result, lora_infotext)
+    return result
+
+
+def _img2img(model: StableDiffusionModel, request: Img2ImgRequest, stripped: Img2ImgRequest, outputs_dir,
+             callback: StepCallback | None, result: GenerationResult, lora_infotext: dict[str, object]) -> None:
     save = save_options_for(outputs_dir, request)
     prepared = _prepare(request)
     first_seed, first_subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
-    result = GenerationResult(images=[], seeds=[], infotexts=[])
     settings = sampling_settings(request, request.width, request.height)
-    extra: dict[str, object] = {"Denoising strength": format_number(request.denoising_strength)}
+    extra: dict[str, object] = {"Denoising strength": format_number(request.denoising_strength), **lora_infotext}
     if prepared.mask is not None:
         extra.update({"Mask blur": request.mask_blur,
                       "Masked content": image_prep.MASKED_CONTENT_NAMES[request.inpainting_fill],
@@ -352,7 +394,7 @@ def img2img(model: StableDiffusionModel, request: Img2ImgRequest, outputs_dir: P
         seeds, subseeds = batch_seeds(request, first_seed, first_subseed, batch_index)
         noise = noise_settings(request, seeds, subseeds)
         init, image_cond = _init_latent(model, request, prepared, len(seeds), noise)
-        cond, uncond = encode_pair(model, request.prompt, request.negative_prompt, request, request.width,
+        cond, uncond = encode_pair(model, stripped.prompt, request.negative_prompt, request, request.width,
                                    request.height, image_cond)
         latents = sample_latents(model, settings, noise, cond, uncond, init, callback)
         images = [_put_back(prepared, image) for image in decode_latents(model, latents)]
@@ -360,4 +402,3 @@ def img2img(model: StableDiffusionModel, request: Img2ImgRequest, outputs_dir: P
                      for seed, subseed in zip(seeds, subseeds)]
         _collect(result, model, request, "img2img", save, images, seeds, infotexts)
     _save_grid(result, model, request, "img2img", save)
-    return result

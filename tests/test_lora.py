@@ -440,3 +440,32 @@ def test_plan_reports_unknown_names_and_hashes(sd1, tmp_path):
     # The image goes on without the missing one.
     with lora.apply_loras(sd1, plan.loras) as report:
         assert report.patched == {"ink": 2}
+
+
+def test_lora_tag_in_the_prompt_through_txt2img(sd1, tmp_path):
+    from modules import lora as lora_module
+    from modules.processing import Resources
+
+    layers = {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q":
+              ("unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"),
+              "lora_te_text_model_encoder_layers_0_self_attn_q_proj": (0, "encoder.layers.0.self_attn.q_proj")}
+    folder = tmp_path / "Lora"
+    folder.mkdir()
+    path = _save_lora(_make_lora(sd1, layers, seed=4), folder / "style.safetensors")
+    resources = Resources(lora_files=lora_module.list_lora_files([folder]))
+
+    def run(prompt):
+        request = Txt2ImgRequest(prompt=prompt, steps=3, width=64, height=64, seed=2, save_images=False)
+        return txt2img(sd1, request, None, resources=resources)
+
+    base = run("a red circle")
+    tagged = run("a red circle <lora:style:0.8>")
+    after = run("a red circle")
+    missing = run("a red circle <lora:nowhere:1>")
+
+    assert not np.array_equal(np.asarray(base.images[0]), np.asarray(tagged.images[0]))
+    assert np.array_equal(np.asarray(base.images[0]), np.asarray(after.images[0]))
+    assert tagged.infotexts[0].startswith("a red circle <lora:style:0.8>\n")
+    assert f'Lora hashes: "style: {lora_module.lora_short_hash(path)}"' in tagged.infotexts[0]
+    assert missing.warnings == ["LoRA not found: nowhere"]
+    assert np.array_equal(np.asarray(base.images[0]), np.asarray(missing.images[0]))

@@ -10,7 +10,7 @@ from spandrel.architectures.ESRGAN import ESRGAN
 from modules.checkpoints import CheckpointInfo
 from modules.devices import DevicePolicy
 from modules.generation_request import Txt2ImgRequest
-from modules.processing import txt2img
+from modules.processing import Resources, txt2img
 from modules.sd_loader import load_checkpoint
 from modules.upscaler_models import TileSettings, UpscalerRegistry, upscale_tensor_tiled
 from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
@@ -67,6 +67,6 @@ def test_hires_fix_with_a_model_upscaler(registry, tmp_path):
     model = load_checkpoint(CheckpointInfo(folder / "tiny.safetensors", "tiny.safetensors", None), DevicePolicy.cpu())
     request = Txt2ImgRequest(prompt="x", steps=2, width=64, height=64, seed=1, save_images=False, enable_hr=True,
                              hr_scale=2, hr_upscaler="tiny-2x", hr_second_pass_steps=2)
-    result = txt2img(model, request, None, upscaler_models=registry)
+    result = txt2img(model, request, None, resources=Resources(upscalers=registry))
     assert result.images[0].size == (128, 128)
     assert "Hires upscaler: tiny-2x" in result.infotexts[0]
