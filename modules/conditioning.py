@@ -2,55 +2,45 @@
 
 Each text encoder says which layer the UNet was trained on (SD 1.x: the last, normed; SD 2.x: the
 penultimate, normed; SDXL: both encoders' penultimate, raw). Clip skip N moves N-1 layers further
-back. SDXL concatenates its two encoders' outputs and adds the pooled, projected OpenCLIP output
-plus size/crop "time ids". The result is a flat dict of tensors (`context`, and for SDXL `pooled`
-and `time_ids`) that guidance can batch without knowing what the keys mean.
+back. Prompts go through AUTOMATIC1111's prompt language (emphasis, BREAK, long prompts in 77-token
+chunks, textual inversion embeddings: see text_encoding). SDXL concatenates its two encoders' outputs
+and adds the pooled, projected OpenCLIP output plus size/crop "time ids". The result is a flat dict
+of tensors (`context`, and for SDXL `pooled` and `time_ids`) that guidance can batch without knowing
+what the keys mean; `context` is (batch, 77 * chunks, width).
 """
 
 from __future__ import annotations
 
 import torch
 
-from modules.sd_model import StableDiffusionModel, TextEncoder
-
-MAX_TOKENS = 77
-
-
-def _text_model(encoder: torch.nn.Module) -> torch.nn.Module:
-    # transformers >= 5.6 flattened CLIPTextModel; CLIPTextModelWithProjection still nests .text_model
-    return getattr(encoder, "text_model", encoder)
-
-
-@torch.no_grad()
-def encode_with(encoder: TextEncoder, prompts: list[str], device: torch.device,
-                clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(hidden states of the encoder's conditioning layer, pooled projection or None)."""
-    ids = encoder.tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True,
-                            return_tensors="pt").input_ids.to(device)
-    out = encoder.model(input_ids=ids, output_hidden_states=True)
-    # hidden_states[-1] is the last layer's output before the final norm.
-    depth = (1 if encoder.output_layer == "last" else 2) + max(clip_skip, 1) - 1
-    depth = min(depth, len(out.hidden_states) - 1)
-    hidden = out.hidden_states[-depth]
-    if encoder.final_layer_norm:
-        hidden = _text_model(encoder.model).final_layer_norm(hidden)
-    pooled = getattr(out, "text_embeds", None)
-    return hidden.float(), (pooled.float() if pooled is not None else None)
+from modules.embeddings import EmbeddingDatabase
+from modules.sd_model import StableDiffusionModel
+from modules.text_encoding import DEFAULT_EMPHASIS, TextConditioning, encode_model_texts
 
 
 @torch.no_grad()
 def encode_prompts(model: StableDiffusionModel, prompts: list[str], width: int, height: int,
-                   clip_skip: int = 1, aesthetic_score: float = 6.0) -> dict[str, torch.Tensor]:
+                   clip_skip: int = 1, aesthetic_score: float = 6.0, *, emphasis: str = DEFAULT_EMPHASIS,
+                   embeddings: EmbeddingDatabase | None = None, is_negative: bool = False) -> dict[str, torch.Tensor]:
+    """Conditioning dict of a batch of prompts.
+
+    `is_negative`: SDXL, like AUTOMATIC1111, conditions an all-empty negative prompt on zeros (text
+    states and pooled output) rather than on the encoding of "".
+    """
+    return conditioning_dict(model, encode_model_texts(model, prompts, clip_skip, emphasis, embeddings),
+                             len(prompts), width, height, aesthetic_score,
+                             zero_text=is_negative and model.is_sdxl and all(p == "" for p in prompts))
+
+
+def conditioning_dict(model: StableDiffusionModel, text: TextConditioning, batch: int, width: int, height: int,
+                      aesthetic_score: float = 6.0, zero_text: bool = False) -> dict[str, torch.Tensor]:
     device = model.policy.device
-    contexts, pooled = [], None
-    for encoder in model.text_encoders:
-        hidden, encoder_pooled = encode_with(encoder, prompts, device, clip_skip)
-        contexts.append(hidden)
-        pooled = encoder_pooled if encoder_pooled is not None else pooled
-    cond = {"context": torch.cat(contexts, dim=-1)}
+    context = text.context.to(device)
+    cond = {"context": torch.zeros_like(context) if zero_text else context}
     if model.is_sdxl:
-        cond["pooled"] = pooled
-        cond["time_ids"] = sdxl_time_ids(model.family, len(prompts), width, height, aesthetic_score, device)
+        pooled = text.pooled.to(device)
+        cond["pooled"] = torch.zeros_like(pooled) if zero_text else pooled
+        cond["time_ids"] = sdxl_time_ids(model.family, batch, width, height, aesthetic_score, device)
     return cond
 
 

@@ -60,6 +60,9 @@ class Txt2ImgRequest(BaseModel):
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
     denoising_strength: float = Field(0.7, ge=0.0, le=1.0)
+    styles: list[str] = Field(default_factory=list)
+    emphasis: Literal["Original", "No norm", "Ignore", "None"] = "Original"
+    stop_at_fraction: float = Field(1.0, gt=0.0, le=1.0)  # `--stop N`: stop sampling at N% and decode
     save_images: bool = True
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False

@@ -36,6 +36,7 @@ class SamplingSettings:
     s_tmax: float | None = None
     s_noise: float | None = None
     eta: float | None = None
+    stop_at_fraction: float = 1.0  # `--stop N`: the last step jumps to sigma 0 after N% of the steps
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,59 @@ class MaskedDenoiser:
         return getattr(self.denoiser, name)
 
 
+class StaticConditioning:
+    """One cond (or AND parts) and one uncond for every step."""
+
+    def __init__(self, cond, uncond):
+        self.parts = cond if isinstance(cond, list) else [(cond, 1.0)]
+        self.uncond = uncond
+        self.is_constant = True
+
+    def at_step(self, step: int):
+        return self.parts, self.uncond
+
+
+class ScheduledGuider:
+    """Classifier-free guidance whose conditioning follows the prompt's schedule (prompt editing,
+    alternation). The step is read from sigma: the number of schedule sigmas at or above it, so a
+    second-order sampler's extra evaluations count as the step they belong to."""
+
+    def __init__(self, make_guider, conditioning, sigmas: torch.Tensor):
+        self.make_guider = make_guider
+        self.conditioning = conditioning
+        self.sigmas = sigmas[:-1].float().cpu()
+        self._guiders: dict[int, object] = {}
+        self._current = None
+
+    def step_of(self, sigma: torch.Tensor) -> int:
+        value = float(sigma.reshape(-1)[0])
+        return max(1, int((self.sigmas >= value * (1 - 1e-5)).sum()))
+
+    def _guider(self, step: int):
+        parts, uncond = self.conditioning.at_step(step)
+        key = (tuple(id(c) for c, _ in parts), tuple(w for _, w in parts), id(uncond))
+        if key not in self._guiders:
+            cond = parts[0][0] if len(parts) == 1 and parts[0][1] == 1.0 else parts
+            self._guiders[key] = self.make_guider(cond, uncond)
+        return self._guiders[key]
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self._current = self._guider(self.step_of(sigma))
+        return self._current(x, sigma)
+
+    def __getattr__(self, name):  # DDIM CFG++ reads the current guider's last uncond
+        if name.startswith("_") or self._current is None:
+            raise AttributeError(name)
+        return getattr(self._current, name)
+
+
+def stop_early(sigmas: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Keep the first ceil(fraction * steps) steps; the last of them goes straight to sigma 0."""
+    steps = len(sigmas) - 1
+    keep = max(1, -(-int(round(fraction * steps * 1000)) // 1000))
+    return sigmas if keep >= steps else torch.cat([sigmas[:keep], sigmas.new_zeros(1)])
+
+
 def img2img_sigmas(sigmas_for_steps: Callable[[int], torch.Tensor], steps: int, strength: float,
                    fixed_steps: bool) -> torch.Tensor:
     """The tail of a schedule that starts at the noise level `strength` (AUTOMATIC1111's rule).
@@ -94,13 +148,17 @@ def img2img_sigmas(sigmas_for_steps: Callable[[int], torch.Tensor], steps: int, 
 
 @torch.no_grad()
 def sample_latents(model: StableDiffusionModel, settings: SamplingSettings, noise: NoiseSettings,
-                   cond: dict, uncond: dict, init: InitLatent | None = None,
+                   conditioning, init: InitLatent | None = None,
                    callback: StepCallback | None = None) -> torch.Tensor:
-    """Latents for one batch. A callback may raise SamplingInterrupted: the latest x is returned."""
+    """Latents for one batch. `conditioning` answers `at_step(step) -> ([(cond, weight)], uncond)`
+    (PromptConditioning, or StaticConditioning). A callback may raise SamplingInterrupted: the
+    latest x is returned."""
     spec = find_sampler(settings.sampler_name)
     device = model.policy.device
-    guider = CFGDenoiser(DiscreteDenoiser(model.unet_fn, model.schedule, model.prediction),
-                         cond, uncond, settings.cfg_scale, settings.thresholding)
+    denoiser = DiscreteDenoiser(model.unet_fn, model.schedule, model.prediction)
+
+    def make_guider(cond, uncond):
+        return CFGDenoiser(denoiser, cond, uncond, settings.cfg_scale, settings.thresholding)
 
     def schedule(n: int) -> torch.Tensor:
         return sigmas_for(spec, settings.scheduler, n, model.schedule, model.is_sdxl).to(device)
@@ -111,10 +169,14 @@ def sample_latents(model: StableDiffusionModel, settings: SamplingSettings, nois
     first_noise = rng.first().to(device)
     if init is None:
         sigmas = schedule(settings.steps)
+    else:
+        sigmas = img2img_sigmas(schedule, settings.steps, init.denoising_strength, init.fixed_steps)
+    sigmas = stop_early(sigmas, settings.stop_at_fraction)
+    guider = ScheduledGuider(make_guider, conditioning, sigmas)
+    if init is None:
         x = first_noise * sigmas[0]
         model_fn = guider
     else:
-        sigmas = img2img_sigmas(schedule, settings.steps, init.denoising_strength, init.fixed_steps)
         start = init.latent.to(device)
         x = start + first_noise * sigmas[0] * noise.initial_noise_multiplier
         model_fn = MaskedDenoiser(guider, start, init.keep_mask.to(device)) if init.keep_mask is not None else guider

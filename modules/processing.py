@@ -16,7 +16,10 @@ import torch
 from PIL import Image
 
 from modules import image_prep, image_saving, lora, upscalers
-from modules.conditioning import encode_prompts
+from modules.embeddings import EmbeddingDatabase, ti_hashes
+from modules.prompt_conditioning import PromptConditioning, build_prompt_conditioning
+from modules.prompt_preparation import prepare_request
+from modules.text_encoding import emphasis_infotext
 from modules.generation_request import Img2ImgRequest, Txt2ImgRequest
 from modules.image_saving import ImageFacts, SaveOptions
 from modules.infotext import create_infotext, format_number
@@ -46,6 +49,8 @@ class Resources:
     upscalers: object | None = None  # UpscalerRegistry
     lora_files: list = field(default_factory=list)  # lora.LoraFile
     lora_cache: lora.LoraCache = field(default_factory=lora.LoraCache)
+    embeddings: EmbeddingDatabase | None = None  # the textual inversions that fit the loaded model
+    styles_file: Path | None = None  # styles.csv
 
 
 @contextmanager
@@ -77,6 +82,7 @@ def batch_seeds(request: Txt2ImgRequest, first_seed: int, first_subseed: int,
 def sampling_settings(request: Txt2ImgRequest, width: int, height: int, steps: int | None = None,
                       sampler_name: str | None = None, scheduler: str | None = None) -> SamplingSettings:
     return SamplingSettings(
+        stop_at_fraction=request.stop_at_fraction,
         sampler_name=sampler_name or request.sampler_name, scheduler=scheduler or request.scheduler,
         steps=steps or request.steps, cfg_scale=request.cfg_scale, width=width, height=height,
         thresholding=Thresholding(request.thresholding, percentile=request.threshold_percentile,
@@ -93,13 +99,16 @@ def noise_settings(request: Txt2ImgRequest, seeds: list[int], subseeds: list[int
                          initial_noise_multiplier=getattr(request, "initial_noise_multiplier", 1.0))
 
 
-def encode_pair(model: StableDiffusionModel, prompt: str, negative: str, request: Txt2ImgRequest,
-                width: int, height: int, image_cond: torch.Tensor | None = None) -> tuple[dict, dict]:
-    cond = encode_prompts(model, [prompt], width, height, request.clip_skip)
-    uncond = encode_prompts(model, [negative], width, height, request.clip_skip)
-    if image_cond is not None:
-        cond, uncond = {**cond, "image_cond": image_cond}, {**uncond, "image_cond": image_cond}
-    return cond, uncond
+def encode_conditioning(model: StableDiffusionModel, prompt: str, negative: str, request: Txt2ImgRequest,
+                        width: int, height: int, steps: int, resources: "Resources",
+                        image_cond: torch.Tensor | None = None) -> PromptConditioning:
+    return build_prompt_conditioning(model, prompt, negative, steps, width, height, request.clip_skip,
+                                     request.emphasis, resources.embeddings, image_cond)
+
+
+def prompt_infotext(request: Txt2ImgRequest, conditioning: PromptConditioning) -> dict[str, object]:
+    return {"Emphasis": emphasis_infotext([request.prompt, request.negative_prompt], request.emphasis),
+            "TI hashes": ti_hashes(conditioning.used_embeddings)}
 
 
 # ---- VAE --------------------------------------------------------------------------------------
@@ -222,12 +231,12 @@ def hires_size(request: Txt2ImgRequest) -> tuple[int, int]:
 
 
 def _hires_pass(model, request: Txt2ImgRequest, latents: torch.Tensor, seeds, subseeds,
-                callback: StepCallback | None, upscaler_models) -> tuple[torch.Tensor, dict[str, object]]:
+                callback: StepCallback | None, resources: Resources) -> tuple[torch.Tensor, dict[str, object]]:
     width, height = hires_size(request)
     if upscalers.is_latent_mode(request.hr_upscaler):
         start = upscalers.upscale_latent(latents, request.hr_upscaler, height, width)
     else:
-        images = [upscalers.upscale_image(im, request.hr_upscaler, width, height, upscaler_models)
+        images = [upscalers.upscale_image(im, request.hr_upscaler, width, height, resources.upscalers)
                   for im in decode_latents(model, latents)]
         start = torch.cat([encode_pixels(model, image_to_tensor(im)) for im in images])
     prompt = request.hr_prompt or request.prompt
@@ -237,11 +246,12 @@ def _hires_pass(model, request: Txt2ImgRequest, latents: torch.Tensor, seeds, su
         pixels_for_cond = torch.cat([image_to_tensor(im) for im in decode_latents(model, start)])
     image_cond = inpainting_conditioning(model, pixels_for_cond[:1], None, len(seeds)) \
         if pixels_for_cond is not None else None
-    cond, uncond = encode_pair(model, prompt, negative, request, width, height, image_cond)
     settings = sampling_settings(request, width, height, steps=request.hr_second_pass_steps or request.steps,
                                  sampler_name=request.hr_sampler_name, scheduler=request.hr_scheduler)
+    conditioning = encode_conditioning(model, prompt, negative, request, width, height, settings.steps, resources,
+                                       image_cond)
     init = InitLatent(start, request.denoising_strength, fixed_steps=True)
-    latents = sample_latents(model, settings, noise_settings(request, seeds, subseeds), cond, uncond, init, callback)
+    latents = sample_latents(model, settings, noise_settings(request, seeds, subseeds), conditioning, init, callback)
     extra = {"Denoising strength": format_number(request.denoising_strength),
              "Hires upscale" if not (request.hr_resize_x or request.hr_resize_y) else "Hires resize":
                  format_number(request.hr_scale) if not (request.hr_resize_x or request.hr_resize_y)
@@ -255,6 +265,7 @@ def _hires_pass(model, request: Txt2ImgRequest, latents: torch.Tensor, seeds, su
 def txt2img(model: StableDiffusionModel, request: Txt2ImgRequest, outputs_dir: Path | SaveOptions | None,
             callback: StepCallback | None = None, resources: Resources | None = None) -> GenerationResult:
     resources = resources or Resources()
+    request = prepare_request(request, model.native_size, resources.styles_file)
     result = GenerationResult(images=[], seeds=[], infotexts=[])
     with _loras_applied(model, request, resources, result) as (stripped, lora_infotext):
         _txt2img(model, request, stripped, outputs_dir, callback, resources, result, lora_infotext)
@@ -269,17 +280,17 @@ def _txt2img(model: StableDiffusionModel, request: Txt2ImgRequest, stripped: Txt
     first_seed, first_subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
     image_cond = inpainting_conditioning(model, torch.zeros(1, 3, request.height, request.width), None,
                                          request.batch_size)
-    cond, uncond = encode_pair(model, stripped.prompt, request.negative_prompt, request, request.width,
-                               request.height, image_cond)
     settings = sampling_settings(request, request.width, request.height)
+    conditioning = encode_conditioning(model, stripped.prompt, request.negative_prompt, request, request.width,
+                                       request.height, settings.steps, resources, image_cond)
     for batch_index in range(request.n_iter):
         seeds, subseeds = batch_seeds(request, first_seed, first_subseed, batch_index)
-        latents = sample_latents(model, settings, noise_settings(request, seeds, subseeds), cond, uncond,
+        latents = sample_latents(model, settings, noise_settings(request, seeds, subseeds), conditioning,
                                  callback=callback)
-        width, height, extra = request.width, request.height, dict(lora_infotext)
+        width, height = request.width, request.height
+        extra = {**prompt_infotext(request, conditioning), **lora_infotext}
         if request.enable_hr:
-            latents, hires_extra = _hires_pass(model, stripped, latents, seeds, subseeds, callback,
-                                               resources.upscalers)
+            latents, hires_extra = _hires_pass(model, stripped, latents, seeds, subseeds, callback, resources)
             extra.update(hires_extra)
             width, height = hires_size(request)
         images = decode_latents(model, latents)
@@ -371,14 +382,16 @@ def _init_latent(model, request: Img2ImgRequest, prepared: _Prepared, batch: int
 def img2img(model: StableDiffusionModel, request: Img2ImgRequest, outputs_dir: Path | SaveOptions | None,
             callback: StepCallback | None = None, resources: Resources | None = None) -> GenerationResult:
     resources = resources or Resources()
+    request = prepare_request(request, model.native_size, resources.styles_file)
     result = GenerationResult(images=[], seeds=[], infotexts=[])
     with _loras_applied(model, request, resources, result) as (stripped, lora_infotext):
-        _img2img(model, request, stripped, outputs_dir, callback, result, lora_infotext)
+        _img2img(model, request, stripped, outputs_dir, callback, result, lora_infotext, resources)
     return result
 
 
 def _img2img(model: StableDiffusionModel, request: Img2ImgRequest, stripped: Img2ImgRequest, outputs_dir,
-             callback: StepCallback | None, result: GenerationResult, lora_infotext: dict[str, object]) -> None:
+             callback: StepCallback | None, result: GenerationResult, lora_infotext: dict[str, object],
+             resources: Resources) -> None:
     save = save_options_for(outputs_dir, request)
     prepared = _prepare(request)
     first_seed, first_subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
@@ -394,9 +407,10 @@ def _img2img(model: StableDiffusionModel, request: Img2ImgRequest, stripped: Img
         seeds, subseeds = batch_seeds(request, first_seed, first_subseed, batch_index)
         noise = noise_settings(request, seeds, subseeds)
         init, image_cond = _init_latent(model, request, prepared, len(seeds), noise)
-        cond, uncond = encode_pair(model, stripped.prompt, request.negative_prompt, request, request.width,
-                                   request.height, image_cond)
-        latents = sample_latents(model, settings, noise, cond, uncond, init, callback)
+        conditioning = encode_conditioning(model, stripped.prompt, request.negative_prompt, request, request.width,
+                                           request.height, settings.steps, resources, image_cond)
+        extra.update(prompt_infotext(request, conditioning))
+        latents = sample_latents(model, settings, noise, conditioning, init, callback)
         images = [_put_back(prepared, image) for image in decode_latents(model, latents)]
         infotexts = [build_infotext(model, request, seed, subseed, images[0].width, images[0].height, extra)
                      for seed, subseed in zip(seeds, subseeds)]
