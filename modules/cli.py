@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                                  sampler_name=args.sampler, cfg_scale=args.cfg_scale,
                                  width=args.width or size, height=args.height or size, seed=args.seed,
                                  batch_size=args.batch_size, n_iter=args.n_iter, clip_skip=args.clip_skip)
-        result = txt2img(model, request, paths.outputs_dir)
+        result = txt2img(model, request, paths.outputs_dir, resources=manager.resources(model))
     except (NoCheckpointError, ModelFileError, ValidationError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -23,4 +23,4 @@ class GenerationService:
                 callback: StepCallback | None = None) -> GenerationResult:
         with self._device_lock:
             model = self.manager.get(checkpoint)
-            return txt2img(model, request, self.outputs_dir, callback, self.manager.resources())
+            return txt2img(model, request, self.outputs_dir, callback, self.manager.resources(model))

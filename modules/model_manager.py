@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from modules import lora
+from modules.embeddings import EmbeddingDatabase, discover_embedding_files, load_embeddings
 from modules import vae as vae_files
 from modules.checkpoints import CheckpointInfo, find_checkpoint, list_checkpoints
 from modules.devices import DevicePolicy
@@ -51,6 +52,7 @@ class ModelManager:
         self._loaded: StableDiffusionModel | None = None
         self._checkpoints: list[CheckpointInfo] = []
         self._vaes: list[vae_files.VaeInfo] = []
+        self._embeddings: tuple[object, EmbeddingDatabase] | None = None
         self.lora_cache = lora.LoraCache()
         self.lora_files: list[lora.LoraFile] = []
         self.upscalers = UpscalerRegistry({k: list(v) for k, v in paths.upscaler_dirs.items()}, policy.device,
@@ -103,10 +105,26 @@ class ModelManager:
         except (ModelFileError, ValueError):
             return None
 
-    def resources(self) -> "Resources":
+    def resources(self, model: StableDiffusionModel | None = None) -> "Resources":
+        """Upscalers, LoRA files, styles and the embeddings that fit `model`, for one generation."""
         from modules.processing import Resources
 
-        return Resources(upscalers=self.upscalers, lora_files=list(self.lora_files), lora_cache=self.lora_cache)
+        return Resources(upscalers=self.upscalers, lora_files=list(self.lora_files), lora_cache=self.lora_cache,
+                         embeddings=self.embeddings_for(model) if model is not None else None,
+                         styles_file=self.paths.styles_file)
+
+    def embeddings_for(self, model: StableDiffusionModel) -> EmbeddingDatabase:
+        """Textual inversions of the embeddings folder that fit the model, reloaded when the folder changes."""
+        folder = self.paths.embeddings_dir
+        files = discover_embedding_files(folder) if folder.is_dir() else []
+        key = (model.checkpoint.path, tuple((f, f.stat().st_mtime_ns) for f in files))
+        with self._lock:
+            if self._embeddings is None or self._embeddings[0] != key:
+                database = load_embeddings(folder, model) if files else EmbeddingDatabase()
+                for name, reason in database.skipped.items():
+                    log.info("Embedding %s skipped: %s", name, reason)
+                self._embeddings = (key, database)
+            return self._embeddings[1]
 
     # ---- loading -------------------------------------------------------------------------
     @property

@@ -21,6 +21,8 @@ class Paths:
     config_file: Path
     upscaler_dirs: dict[str, tuple[Path, ...]]
     lora_dirs: tuple[Path, ...]
+    embeddings_dir: Path
+    styles_file: Path
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Paths":
@@ -44,7 +46,11 @@ class Paths:
         lora_dirs = [models_dir / "Lora", models_dir / "LyCORIS"]
         if getattr(args, "lora_dir", None):
             lora_dirs.insert(0, Path(args.lora_dir).expanduser().resolve())
+        embeddings_dir = Path(args.embeddings_dir).expanduser().resolve() if getattr(args, "embeddings_dir", None) \
+            else data_dir / "embeddings"
         return cls(
+            embeddings_dir=embeddings_dir,
+            styles_file=data_dir / "styles.csv",
             upscaler_dirs=upscaler_dirs,
             lora_dirs=tuple(lora_dirs),
             data_dir=data_dir,
