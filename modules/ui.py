@@ -37,6 +37,18 @@ def _validation_message(error: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in error.errors())
 
 
+def prompt_token_count(model, text: str) -> tuple[int, int]:
+    """Tokens of the longest text the prompt schedules, as AUTOMATIC1111's counter shows them."""
+    from modules import lora, prompt_parser
+    from modules.text_encoding import count_tokens
+
+    text, _ = lora.parse_lora_tags(prompt_parser.strip_comments(text))
+    texts = [t for t, _ in prompt_parser.parse_and(text)] or [text]
+    counts = [count_tokens(model, scheduled) for part in texts
+              for scheduled in prompt_parser.schedule_for(part, 20, negative=True).distinct_texts()]
+    return max(counts, key=lambda c: c[0])
+
+
 def _default_size(manager: ModelManager) -> int:
     try:
         return manager.native_size(manager.default_checkpoint()) or 512
@@ -58,7 +70,9 @@ def build_ui(service: GenerationService) -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=3):
                     prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt")
+                    prompt_tokens = gr.Markdown("", elem_id="txt2img_token_counter")
                     negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
+                    negative_tokens = gr.Markdown("", elem_id="txt2img_negative_token_counter")
                 generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate", scale=1)
             with gr.Row():
                 with gr.Column():
@@ -99,6 +113,16 @@ def build_ui(service: GenerationService) -> gr.Blocks:
 
         generate.click(run_txt2img, inputs={checkpoint, *field_components.values()}, outputs=[gallery, info])
         prompt.submit(run_txt2img, inputs={checkpoint, *field_components.values()}, outputs=[gallery, info])
+
+        def token_counter(text: str) -> str:
+            model = manager.loaded
+            if model is None or not text:
+                return ""
+            used, limit = prompt_token_count(model, text)
+            return f"{used}/{limit}"
+
+        prompt.change(token_counter, inputs=[prompt], outputs=[prompt_tokens], show_progress="hidden")
+        negative.change(token_counter, inputs=[negative], outputs=[negative_tokens], show_progress="hidden")
 
         def refresh_checkpoints(current: str | None):
             manager.refresh()

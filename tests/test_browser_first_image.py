@@ -24,6 +24,9 @@ def test_generate_in_browser(tmp_path):
         page.wait_for_selector("#txt2img_gallery img", timeout=60_000)
         page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Seed')")
         info = page.locator("#txt2img_info textarea").input_value()
+        page.locator("#txt2img_prompt textarea").fill("a red circle, " * 30)
+        page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.includes('/150')")
+        assert page.locator("#txt2img_token_counter").inner_text().strip() == "120/150"
         assert page.errors == []
 
     assert info.startswith("a red circle\nSteps: 3, Sampler: Euler")
