@@ -4,31 +4,20 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from modules.checkpoints import CheckpointInfo
-from modules.devices import DevicePolicy
 from modules.generation_request import Img2ImgRequest, Txt2ImgRequest
 from modules.image_prep import ResizeMode, resize_image
 from modules.processing import img2img, txt2img
-from modules.sd_loader import load_checkpoint
-from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
-
-
-def _load(tmp_path_factory, family):
-    folder = tmp_path_factory.mktemp(family)
-    path = folder / f"{family}.safetensors"
-    save_checkpoint(tiny_original_state_dict(family), path)
-    (folder / f"{family}.yaml").write_text(tiny_ldm_yaml(family))
-    return load_checkpoint(CheckpointInfo(path, path.name, "0" * 64), DevicePolicy.cpu())
+from tiny_models import load_tiny_model
 
 
 @pytest.fixture(scope="module")
 def sd1(tmp_path_factory):
-    return _load(tmp_path_factory, "sd1")
+    return load_tiny_model(tmp_path_factory.mktemp("sd1"), "sd1")
 
 
 @pytest.fixture(scope="module")
 def sd1_inpaint(tmp_path_factory):
-    return _load(tmp_path_factory, "sd1_inpaint")
+    return load_tiny_model(tmp_path_factory.mktemp("sd1_inpaint"), "sd1_inpaint")
 
 
 def _picture(size=(64, 64)):

@@ -4,23 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from modules.checkpoints import CheckpointInfo
-from modules.devices import DevicePolicy
 from modules.embeddings import load_embeddings
 from modules.generation_request import Txt2ImgRequest
 from modules.midjourney_params import MidjourneyParamError
 from modules.processing import Resources, txt2img
-from modules.sd_loader import load_checkpoint
 from modules.styles import PromptStyle, save_styles
-from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
+from tiny_models import load_tiny_model
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sd1")
-    save_checkpoint(tiny_original_state_dict("sd1"), folder / "tiny.safetensors")
-    (folder / "tiny.yaml").write_text(tiny_ldm_yaml("sd1"))
-    return load_checkpoint(CheckpointInfo(folder / "tiny.safetensors", "tiny.safetensors", None), DevicePolicy.cpu())
+    return load_tiny_model(tmp_path_factory.mktemp("sd1"), "sd1")
 
 
 def run(model, prompt, resources=None, **fields):

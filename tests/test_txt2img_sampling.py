@@ -4,23 +4,16 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from modules.checkpoints import CheckpointInfo
-from modules.devices import DevicePolicy
 from modules.generation_request import Txt2ImgRequest
 from modules.processing import txt2img
 from modules.sampling.registry import sampler_names
 from modules.sampling.schedules import schedule_labels
-from modules.sd_loader import load_checkpoint
-from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
+from tiny_models import load_tiny_model
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    path = folder / "tiny.safetensors"
-    save_checkpoint(tiny_original_state_dict("sd1"), path)
-    (folder / "tiny.yaml").write_text(tiny_ldm_yaml("sd1"))
-    return load_checkpoint(CheckpointInfo(path, path.name, "0" * 64), DevicePolicy.cpu())
+    return load_tiny_model(tmp_path_factory.mktemp("models"), "sd1")
 
 
 def _pixels(model, **fields):

@@ -7,13 +7,10 @@ import torch
 from PIL import Image
 from spandrel.architectures.ESRGAN import ESRGAN
 
-from modules.checkpoints import CheckpointInfo
-from modules.devices import DevicePolicy
 from modules.generation_request import Txt2ImgRequest
 from modules.processing import Resources, txt2img
-from modules.sd_loader import load_checkpoint
 from modules.upscaler_models import TileSettings, UpscalerRegistry, upscale_tensor_tiled
-from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
+from tiny_models import load_tiny_model
 
 
 def tiny_esrgan_state_dict(scale=2, seed=0):
@@ -60,11 +57,7 @@ def test_broken_file_is_named(registry):
 
 
 def test_hires_fix_with_a_model_upscaler(registry, tmp_path):
-    folder = tmp_path / "sd"
-    folder.mkdir()
-    save_checkpoint(tiny_original_state_dict("sd1"), folder / "tiny.safetensors")
-    (folder / "tiny.yaml").write_text(tiny_ldm_yaml("sd1"))
-    model = load_checkpoint(CheckpointInfo(folder / "tiny.safetensors", "tiny.safetensors", None), DevicePolicy.cpu())
+    model = load_tiny_model(tmp_path / "sd", "sd1")
     request = Txt2ImgRequest(prompt="x", steps=2, width=64, height=64, seed=1, save_images=False, enable_hr=True,
                              hr_scale=2, hr_upscaler="tiny-2x", hr_second_pass_steps=2)
     result = txt2img(model, request, None, resources=Resources(upscalers=registry))

@@ -391,3 +391,16 @@ def tiny_ldm_yaml(family: str) -> str:
     _check_family(family)
     model = _sgm_model(family) if family.startswith("sdxl") else _ldm_model(family)
     return yaml.safe_dump({"model": model}, sort_keys=False)
+
+
+def load_tiny_model(folder: str | Path, family: str = "sd1", fmt: str = "safetensors", policy=None):
+    """Write a tiny checkpoint of `family` with its sidecar yaml into `folder` and load it as the app does."""
+    from modules.checkpoints import CheckpointInfo
+    from modules.devices import DevicePolicy
+    from modules.sd_loader import load_checkpoint
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = save_checkpoint(tiny_original_state_dict(family), folder / f"tiny-{family}.{fmt}", fmt=fmt)
+    (folder / f"tiny-{family}.yaml").write_text(tiny_ldm_yaml(family))
+    return load_checkpoint(CheckpointInfo(path, path.name, None), policy or DevicePolicy.cpu())
