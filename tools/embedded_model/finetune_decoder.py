@@ -237,6 +237,7 @@ def replace_decoder(path: Path, new_tensors: dict[str, Tensor]) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         save_file(tensors, str(temporary), metadata=metadata)
+        os.chmod(temporary, path.stat().st_mode & 0o777)  # save_file creates the file private (0600)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
