@@ -1,9 +1,9 @@
 """Read back what a generated picture shows: background colour, shape colour and shape kind.
 
 Colours are the nearest named colour of the border (background) and of the largest region that
-differs from it (the shape). The shape is told by OpenCV contour analysis: its outline is compared
-with reference outlines of each shape by Hu-moment matching (`cv2.matchShapes`, invariant to
-position, size and rotation).
+differs from it (the shape). The shape is told by OpenCV region analysis: the region, moved to its
+centroid and scaled to a fixed area (image moments), is compared by intersection over union with
+each shape drawn the way the training data draws it, at tilts of up to 15 degrees.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import torch
 from tools.embedded_model.dataset import COLOUR_NAMES, COLOURS, SHAPE_DISTANCES, SHAPES
 
 _PALETTE = np.array([COLOURS[name] for name in COLOUR_NAMES], dtype=np.float32)
-_FOREGROUND_DISTANCE = 60.0
-_STAR_SOLIDITY = 0.75  # area / convex-hull area: about 0.6 for the star, above 0.85 for the others  # RGB distance from the background colour that counts as "shape"
+_FOREGROUND_DISTANCE = 60.0  # RGB distance from the background colour that counts as "shape"
 
 
 @dataclass(frozen=True)
@@ -33,17 +32,39 @@ def nearest_colour(rgb: np.ndarray) -> str:
     return COLOUR_NAMES[int(((_PALETTE - rgb.astype(np.float32)) ** 2).sum(axis=1).argmin())]
 
 
+_CANVAS = 64  # side of the normalised masks that are compared
+_ROTATIONS = np.radians(np.arange(-15, 16, 5))  # the training pictures tilt shapes by up to 12 degrees
+
+
+def normalised_mask(mask: np.ndarray) -> np.ndarray:
+    """The mask moved so its centroid is the canvas centre and scaled to a fixed area, as booleans."""
+    mask = (mask > 0).astype(np.uint8)
+    moments = cv2.moments(mask, binaryImage=True)
+    scale = (_CANVAS * 0.3) / np.sqrt(moments["m00"])  # the shape's area becomes 9 % of the canvas
+    centre_x, centre_y = moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]
+    matrix = np.array([[scale, 0, _CANVAS / 2 - scale * centre_x], [0, scale, _CANVAS / 2 - scale * centre_y]])
+    warped = cv2.warpAffine(mask.astype(np.float32), matrix, (_CANVAS, _CANVAS), flags=cv2.INTER_AREA)
+    return warped > 0.5
+
+
 @functools.cache
-def reference_contours() -> dict[str, np.ndarray]:
+def reference_masks() -> dict[str, list[np.ndarray]]:
+    """Each shape drawn as the dataset draws it, at several tilts, normalised."""
     size = 256
     centre = (torch.arange(size, dtype=torch.float32) + 0.5 - size / 2) / (size * 0.4)
     grid_y, grid_x = torch.meshgrid(centre, centre, indexing="ij")
-    contours = {}
+    masks = {}
     for name, distance in zip(SHAPES, SHAPE_DISTANCES):
-        mask = (distance(grid_x, -grid_y) < 0).numpy().astype(np.uint8) * 255
-        found, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        contours[name] = max(found, key=cv2.contourArea)
-    return contours
+        masks[name] = []
+        for angle in _ROTATIONS:
+            cos, sin = float(np.cos(angle)), float(np.sin(angle))
+            x, y = cos * grid_x + sin * grid_y, -sin * grid_x + cos * grid_y
+            masks[name].append(normalised_mask((distance(x, -y) < 0).numpy().astype(np.uint8)))
+    return masks
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def _largest_region(mask: np.ndarray) -> np.ndarray | None:
@@ -56,20 +77,13 @@ def _largest_region(mask: np.ndarray) -> np.ndarray | None:
     return (labels == largest).astype(np.uint8) * 255
 
 
-def solidity(contour: np.ndarray) -> float:
-    hull_area = cv2.contourArea(cv2.convexHull(contour))
-    return cv2.contourArea(contour) / hull_area if hull_area else 0.0
-
-
 def classify_shape(region: np.ndarray) -> str:
-    found, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    contour = max(found, key=cv2.contourArea)
-    # Hu moments alone confuse a small star with a triangle; a star is the one deeply concave shape.
-    if solidity(contour) < _STAR_SOLIDITY:
-        return "star"
-    scores = {name: cv2.matchShapes(contour, ref, cv2.CONTOURS_MATCH_I1, 0.0)
-              for name, ref in reference_contours().items() if name != "star"}
-    return min(scores, key=scores.get)
+    """The shape whose outline, at the best of a few tilts, overlaps the region most (IoU after
+    normalising position and size)."""
+    query = normalised_mask(region)
+    scores = {name: max(_iou(query, reference) for reference in references)
+              for name, references in reference_masks().items()}
+    return max(scores, key=scores.get)
 
 
 def read_image(image) -> Reading:

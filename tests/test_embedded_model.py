@@ -73,20 +73,12 @@ def test_prompts_make_the_named_colours(cfg7_rates):
     assert cfg7_rates["shape"] >= 0.25
 
 
-# The shipped weights come from a shortened GPU run (4.2 minutes instead of the tool's 8.7): colours are
-# mostly right but shapes are soft. Until the full run's weights replace them, the targets below are
-# expected to fail; strict=False lets the retrained model pass them without editing this test.
-SHORT_RUN = pytest.mark.xfail(reason="shipped weights are from a shortened training run", strict=False)
-
-
-@SHORT_RUN
 def test_prompts_meet_the_quality_targets(cfg7_rates):
     assert cfg7_rates["foreground"] >= 0.9
     assert cfg7_rates["background"] >= 0.9
     assert cfg7_rates["shape"] >= 0.7
 
 
-@SHORT_RUN
 def test_guidance_scale_matters(manager, cfg7_rates):
     model = manager.get(EMBEDDED.name)
     unguided = _rates(model, _cases()[::3], cfg_scale=1)

@@ -16,7 +16,7 @@ from tools.embedded_model.config import DataConfig, TrainConfig, smoke_config
 from tools.embedded_model.export import REQUIRED_PREFIXES, check_channels
 from tools.embedded_model.models import build_networks, parameter_count
 
-CONFIG = DataConfig(image_size=64)
+CONFIG = DataConfig(image_size=64, mislabelled_colour_probability=0.0)  # captions that tell the truth
 CAPTION_PATTERN = re.compile(
     r"^an? (?:(?:small|large) )?(?P<colour>\w+) (?P<shape>\w+)(?: (?:at|on|in) the [\w ]+?)? "
     r"on an? (?P<background>\w+) background$"
@@ -107,6 +107,20 @@ def test_grammar_includes_the_plain_form_with_correct_articles():
     texts = dataset.captions(scenes_for(4, count=300, config=config), config, random.Random(4))
     assert all(CAPTION_PATTERN.match(t) and len(t.split()) == 7 for t in texts)
     assert any(t.startswith("an orange ") for t in texts) and not any("a orange" in t for t in texts)
+
+
+def test_colour_words_are_mislabelled_at_the_configured_rate():
+    config = dataclasses.replace(CONFIG, two_shape_probability=0.0, size_word_probability=0.0,
+                                 position_word_probability=0.0, mislabelled_colour_probability=0.2)
+    scenes = scenes_for(6, count=1000, config=config)
+    texts = dataset.captions(scenes, config, random.Random(6))
+    wrong = 0
+    for scene, text in zip(dataset.scene_records(scenes), texts):
+        match = CAPTION_PATTERN.match(text)
+        assert match and match["shape"] == dataset.SHAPES[scene.shapes[0]], text  # shapes are never mislabelled
+        wrong += match["colour"] != dataset.COLOUR_NAMES[scene.colours[0]]
+        wrong += match["background"] != dataset.COLOUR_NAMES[scene.background]
+    assert 0.17 < wrong / 2000 < 0.23
 
 
 def test_images_are_antialiased_rgb_in_range():

@@ -172,9 +172,20 @@ def scene_records(scenes: SceneBatch) -> list[Scene]:
             for s, c, b, p, z, n, layout in columns]
 
 
-def _object_phrase(scene: Scene, slot: int, size_word: str = "") -> str:
+def colour_word(colour: int, config: DataConfig, rng: random.Random) -> str:
+    """The colour's name, or, at the config's mislabelling rate, another colour's name.
+
+    Real captions are noisy, and that noise is what classifier-free guidance corrects: with a few wrong
+    colour words the conditional model alone is unsure of the colour, and guidance sharpens it.
+    """
+    if rng.random() < config.mislabelled_colour_probability:
+        return rng.choice([name for index, name in enumerate(COLOUR_NAMES) if index != colour])
+    return COLOUR_NAMES[colour]
+
+
+def _object_phrase(scene: Scene, slot: int, config: DataConfig, rng: random.Random, size_word: str = "") -> str:
     words = [size_word] if size_word else []
-    words += [COLOUR_NAMES[scene.colours[slot]], SHAPES[scene.shapes[slot]]]
+    words += [colour_word(scene.colours[slot], config, rng), SHAPES[scene.shapes[slot]]]
     return with_article(" ".join(words))
 
 
@@ -185,14 +196,14 @@ def caption(scene: Scene, config: DataConfig, rng: random.Random) -> str:
     two-shape scenes are "A and B", "A to the left of B", "B to the right of A", "A above B" or "B below A",
     where A is the left/upper shape.
     """
-    background = f"on {with_article(COLOUR_NAMES[scene.background])} background"
+    background = f"on {with_article(colour_word(scene.background, config, rng))} background"
     if scene.count == 1:
         size_word = SIZE_WORDS[scene.size_classes[0]] if rng.random() < config.size_word_probability else ""
-        parts = [_object_phrase(scene, 0, size_word)]
+        parts = [_object_phrase(scene, 0, config, rng, size_word)]
         if rng.random() < config.position_word_probability:
             parts.append(position_phrase(*scene.centres[0], config.image_size))
         return " ".join(parts + [background])
-    first, second = _object_phrase(scene, 0), _object_phrase(scene, 1)
+    first, second = _object_phrase(scene, 0, config, rng), _object_phrase(scene, 1, config, rng)
     horizontal = scene.layout == HORIZONTAL
     forms = (
         f"{first} and {second}",
