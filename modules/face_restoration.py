@@ -9,7 +9,6 @@ under a feathered mask, so pixels away from the faces are left exactly as they w
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import safe_load
+from modules import spandrel_models
 
-MODEL_SUFFIXES = (".pth", ".safetensors")
 FACE_SIZE = 512
 MIN_FACE_SIZE = 32  # smaller faces carry too little detail to restore; they are skipped with a note
 DEFAULT_CODEFORMER_WEIGHT = 0.5  # AUTOMATIC1111's code_former_weight
@@ -91,50 +89,8 @@ class FaceDetector(Protocol):
 # Which files are face restorers
 
 
-@functools.lru_cache(maxsize=1)
-def _registry():
-    """spandrel's architectures plus the extra ones (CodeFormer lives there), in a private copy so
-    the global registry other loaders use is left as it is."""
-    import spandrel
-    import spandrel_extra_arches
-
-    registry = spandrel.MAIN_REGISTRY.copy()
-    registry.add(*spandrel_extra_arches.EXTRA_REGISTRY, ignore_duplicates=True)
-    return registry
-
-
-def _read_state_dict(path: Path, for_detection: bool) -> dict[str, torch.Tensor]:
-    import spandrel
-
-    # Telling the architecture needs only names and shapes: a pickle read onto the meta device
-    # skips the hundreds of megabytes of weights. Safetensors is memory-mapped either way.
-    lazy = for_detection and safe_load.sniff_format(path) is not safe_load.FileFormat.SAFETENSORS
-    state_dict = safe_load.load_state_dict_nested(path, device="meta" if lazy else "cpu")
-    return spandrel.canonicalize_state_dict(state_dict)
-
-
-def detect_architecture(path: Path) -> str | None:
-    """spandrel's architecture id for the weights in `path`, or None when spandrel knows none.
-    Raises safe_load.ModelFileError for unreadable or unsafe files."""
-    state_dict = _read_state_dict(path, for_detection=True)
-    for support in _registry().architectures("detection"):
-        if support.detect(state_dict):
-            return str(support.architecture.id)
-    return None
-
-
 def _candidate_files(dirs: Mapping[str, Sequence[Path]]) -> list[Path]:
-    seen: set[Path] = set()
-    files: list[Path] = []
-    for folders in dirs.values():
-        for folder in map(Path, folders):
-            if not folder.is_dir():
-                continue
-            for path in sorted(folder.rglob("*")):
-                if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES and path.resolve() not in seen:
-                    seen.add(path.resolve())
-                    files.append(path)
-    return files
+    return spandrel_models.candidate_files(folder for folders in dirs.values() for folder in folders)
 
 
 def _preference(file: FaceRestorerFile, order: int) -> tuple[int, int]:
@@ -334,41 +290,26 @@ class FaceRestorers:
         self.min_face_size = min_face_size
         self._lock = threading.RLock()
         self._loaded: tuple[FaceRestorerFile, object] | None = None
-        self._identified: dict[tuple[Path, int, int], str | None | Exception] = {}
+        self._facts = spandrel_models.FactsCache()
         self._files: dict[str, FaceRestorerFile] = {}
         self._unsupported: list[UnsupportedFile] = []
         self.refresh()
 
     # -- discovery
 
-    def _identify(self, path: Path) -> str | None | Exception:
-        """Architecture id, None, or the load error; remembered while the file is unchanged."""
-        try:
-            stat = path.stat()
-        except OSError as e:  # removed or unreadable since the folder was listed
-            return e
-        key = (path.resolve(), stat.st_size, stat.st_mtime_ns)
-        if key not in self._identified:
-            try:
-                self._identified[key] = detect_architecture(path)
-            except safe_load.ModelFileError as e:
-                self._identified[key] = e
-        return self._identified[key]
-
     def refresh(self) -> list[str]:
         """Rescan the folders. Returns the restorer names now available."""
         found: list[FaceRestorerFile] = []
         unsupported: list[UnsupportedFile] = []
         for path in _candidate_files(self.dirs):
-            result = self._identify(path)
-            if isinstance(result, Exception):
-                unsupported.append(UnsupportedFile(path, str(result)))
-            elif result is None:
-                unsupported.append(UnsupportedFile(path, "not a model architecture spandrel knows"))
-            elif result not in RESTORER_NAMES:
-                unsupported.append(UnsupportedFile(path, f"{result} weights, not a GFPGAN or CodeFormer face restorer"))
+            facts = self._facts.facts(path)
+            if isinstance(facts, Exception):
+                unsupported.append(UnsupportedFile(path, str(facts)))
+            elif facts.architecture not in RESTORER_NAMES:
+                unsupported.append(UnsupportedFile(
+                    path, f"{facts.architecture} weights, not a GFPGAN or CodeFormer face restorer"))
             else:
-                found.append(FaceRestorerFile(RESTORER_NAMES[result], path, result))
+                found.append(FaceRestorerFile(RESTORER_NAMES[facts.architecture], path, facts.architecture))
         files: dict[str, FaceRestorerFile] = {}
         for order, file in sorted(enumerate(found), key=lambda item: _preference(item[1], item[0])):
             files.setdefault(file.name, file)
@@ -391,18 +332,11 @@ class FaceRestorers:
 
     def _model(self, file: FaceRestorerFile):
         """The spandrel descriptor for `file`, loading it (and dropping any other) if needed."""
-        import spandrel
-
         with self._lock:
             if self._loaded is None or self._loaded[0] != file:
                 self._loaded = None  # free the previous model first: one in memory at a time
-                state_dict = _read_state_dict(file.path, for_detection=False)
-                descriptor = spandrel.ModelLoader(registry=_registry()).load_from_state_dict(state_dict)
-                descriptor = descriptor.to(self.device).eval()
                 # spandrel knows which networks break in fp16; both of these do today.
-                if self.half and descriptor.supports_half:
-                    descriptor = descriptor.half()
-                self._loaded = (file, descriptor)
+                self._loaded = (file, spandrel_models.load(file.path, self.device, self.half))
             return self._loaded[1]
 
     @property

@@ -63,6 +63,7 @@ class Txt2ImgRequest(BaseModel):
     styles: list[str] = Field(default_factory=list)
     emphasis: Literal["Original", "No norm", "Ignore", "None"] = "Original"
     stop_at_fraction: float = Field(1.0, gt=0.0, le=1.0)  # `--stop N`: stop sampling at N% and decode
+    restore_faces: bool = False  # with the face restorer the settings pick (face_restoration_model)
     save_images: bool = True
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False

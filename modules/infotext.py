@@ -135,6 +135,7 @@ INFOTEXT_FIELDS: dict[str, tuple[str, type]] = {
     "Prompt": ("prompt", str),
     "Negative prompt": ("negative_prompt", str),
     "Steps": ("steps", int),
+    "Face restoration": ("restore_faces", lambda _name: True),  # the key is there only when faces were restored
     "Sampler": ("sampler_name", str),
     "Schedule type": ("scheduler", str),
     "CFG scale": ("cfg_scale", float),

@@ -24,6 +24,7 @@ from modules.paths import Paths
 from modules.safe_load import ModelFileError
 from modules.sd_loader import inspect_checkpoint, load_checkpoint
 from modules.sd_model import StableDiffusionModel
+from modules.face_restoration import FaceRestorers
 from modules.upscaler_models import UpscalerRegistry
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class ModelManager:
         self.lora_files: list[lora.LoraFile] = []
         self.upscalers = UpscalerRegistry({k: list(v) for k, v in paths.upscaler_dirs.items()}, policy.device,
                                           half=policy.unet_dtype == torch.float16)
+        self.face_restorers = FaceRestorers(paths.face_restorer_dirs, policy.device,
+                                            half=policy.unet_dtype == torch.float16)
         self.refresh()
 
     # ---- listing -------------------------------------------------------------------------
@@ -67,6 +70,7 @@ class ModelManager:
             self._checkpoints = list_checkpoints(self.paths.checkpoint_dirs, self._hashes, extra)
             self._vaes = vae_files.list_vaes(self.paths.vae_dirs, self.paths.checkpoint_dirs)
             self.upscalers.refresh()
+            self.face_restorers.refresh()
             self.lora_files = lora.list_lora_files(self.paths.lora_dirs)
             return list(self._checkpoints)
 
@@ -109,7 +113,8 @@ class ModelManager:
         """Upscalers, LoRA files, styles and the embeddings that fit `model`, for one generation."""
         from modules.processing import Resources
 
-        return Resources(upscalers=self.upscalers, lora_files=list(self.lora_files), lora_cache=self.lora_cache,
+        return Resources(upscalers=self.upscalers, face_restorers=self.face_restorers,
+                         lora_files=list(self.lora_files), lora_cache=self.lora_cache,
                          embeddings=self.embeddings_for(model) if model is not None else None,
                          styles_file=self.paths.styles_file)
 

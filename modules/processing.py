@@ -47,6 +47,9 @@ class Resources:
     """What a generation may use besides the checkpoint: model upscalers and LoRA files."""
 
     upscalers: object | None = None  # UpscalerRegistry
+    face_restorers: object | None = None  # FaceRestorers
+    face_restoration_model: str = "CodeFormer"  # AUTOMATIC1111's setting of that name and its default
+    code_former_weight: float = 0.5
     lora_files: list = field(default_factory=list)  # lora.LoraFile
     lora_cache: lora.LoraCache = field(default_factory=lora.LoraCache)
     embeddings: EmbeddingDatabase | None = None  # the textual inversions that fit the loaded model
@@ -198,6 +201,27 @@ def _facts(model: StableDiffusionModel, request: Txt2ImgRequest, seed: int, batc
                       batch_number=batch_number, seeds=tuple(seeds))
 
 
+def restore_faces(images: list[Image.Image], request: Txt2ImgRequest, resources: Resources,
+                  result: GenerationResult, extra: dict[str, object]) -> list[Image.Image]:
+    """The images with faces restored when the request asks for it; a missing restorer is a warning."""
+    if not request.restore_faces:
+        return images
+    name = resources.face_restoration_model
+    restorers = resources.face_restorers
+    if restorers is None or name not in restorers.names():
+        warning = f"Face restoration skipped: no {name} model in models/{'Codeformer' if name == 'CodeFormer' else name}"
+        if warning not in result.warnings:
+            result.warnings.append(warning)
+        return images
+    restored = []
+    for image in images:
+        outcome = restorers.restore(image, name, codeformer_weight=resources.code_former_weight)
+        result.warnings += [note for note in outcome.notes if note not in result.warnings]
+        restored.append(outcome.image)
+    extra["Face restoration"] = name
+    return restored
+
+
 def _collect(result: GenerationResult, model, request, kind: str, save: SaveOptions | None,
              images: list[Image.Image], seeds: list[int], infotexts: list[str]) -> None:
     for number, (image, seed, infotext) in enumerate(zip(images, seeds, infotexts)):
@@ -293,7 +317,7 @@ def _txt2img(model: StableDiffusionModel, request: Txt2ImgRequest, stripped: Txt
             latents, hires_extra = _hires_pass(model, stripped, latents, seeds, subseeds, callback, resources)
             extra.update(hires_extra)
             width, height = hires_size(request)
-        images = decode_latents(model, latents)
+        images = restore_faces(decode_latents(model, latents), request, resources, result, extra)
         infotexts = [build_infotext(model, request, seed, subseed, width, height, extra)
                      for seed, subseed in zip(seeds, subseeds)]
         _collect(result, model, request, "txt2img", save, images, seeds, infotexts)
@@ -412,6 +436,7 @@ def _img2img(model: StableDiffusionModel, request: Img2ImgRequest, stripped: Img
         extra.update(prompt_infotext(request, conditioning))
         latents = sample_latents(model, settings, noise, conditioning, init, callback)
         images = [_put_back(prepared, image) for image in decode_latents(model, latents)]
+        images = restore_faces(images, request, resources, result, extra)
         infotexts = [build_infotext(model, request, seed, subseed, images[0].width, images[0].height, extra)
                      for seed, subseed in zip(seeds, subseeds)]
         _collect(result, model, request, "img2img", save, images, seeds, infotexts)

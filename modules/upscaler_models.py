@@ -1,8 +1,7 @@
 """Model upscalers (ESRGAN, Real-ESRGAN, SwinIR, ... through spandrel) from AUTOMATIC1111's folders.
 
-spandrel reads the architecture and scale from the weights themselves, so a file's name never
-decides what it is. Files go through the project's safe loader first (safetensors, or a pickle
-through the allow-list), then spandrel builds the network from the state dict.
+What a file is (architecture, scale) comes from its weights through modules.spandrel_models, never
+from its name; files that are not upscalers are listed with the reason and skipped.
 
 Upscaling is tiled with overlap and linear blending, so memory stays bounded whatever the image
 size, and repeated when the target scale is larger than the model's, ending with a Lanczos resize
@@ -20,10 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import safe_load
+from modules import spandrel_models
+from modules.spandrel_models import ModelFacts
 
-MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 MAX_PASSES = 3
+# Purposes spandrel gives image-to-image networks that enlarge or clean up a whole picture (1x
+# "Restoration" models such as de-JPEG ones are upscalers in AUTOMATIC1111's list too).
+UPSCALER_PURPOSES = ("SR", "Restoration")
 # The names AUTOMATIC1111 shows for the official Real-ESRGAN files.
 REALESRGAN_TITLES = {
     "RealESRGAN_x4plus": "R-ESRGAN 4x+",
@@ -40,6 +42,14 @@ class UpscalerFile:
     name: str  # what users pick: the file stem, or AUTOMATIC1111's Real-ESRGAN title
     path: Path
     kind: str  # folder kind: ESRGAN, RealESRGAN, SwinIR, DAT, HAT
+    architecture: str  # from the weights, e.g. ESRGAN, RealCUGAN, SwinIR
+    scale: int
+
+
+@dataclass(frozen=True)
+class UnsupportedUpscaler:
+    path: Path
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -48,36 +58,38 @@ class TileSettings:
     overlap: int = 8  # ESRGAN_tile_overlap
 
 
-class UpscalerLoadError(safe_load.ModelFileError):
-    pass
+def why_not_an_upscaler(facts: ModelFacts) -> str | None:
+    if facts.purpose in UPSCALER_PURPOSES:
+        return None
+    if facts.purpose == "FaceSR":
+        return f"a {facts.architecture} face restorer: it belongs in models/GFPGAN or models/Codeformer"
+    return f"a {facts.architecture} model for {facts.purpose}, not an upscaler"
 
 
-def discover(folders: dict[str, list[Path]]) -> list[UpscalerFile]:
+def discover(folders: dict[str, list[Path]], cache: spandrel_models.FactsCache | None = None,
+             ) -> tuple[list[UpscalerFile], list[UnsupportedUpscaler]]:
+    """The upscalers in the folders (one per name, the first found), and the files skipped with why."""
+    cache = cache or spandrel_models.FactsCache()
     found: dict[str, UpscalerFile] = {}
+    unsupported: list[UnsupportedUpscaler] = []
     for kind, paths in folders.items():
-        for folder in map(Path, paths):
-            if not folder.is_dir():
+        for path in spandrel_models.candidate_files(paths):
+            facts = cache.facts(path)
+            reason = str(facts) if isinstance(facts, Exception) else why_not_an_upscaler(facts)
+            if reason is not None:
+                unsupported.append(UnsupportedUpscaler(path, reason))
                 continue
-            for path in sorted(folder.rglob("*")):
-                if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES:
-                    title = REALESRGAN_TITLES.get(path.stem, path.stem)
-                    found.setdefault(title, UpscalerFile(title, path, kind))
-    return sorted(found.values(), key=lambda u: u.name.lower())
+            title = REALESRGAN_TITLES.get(path.stem, path.stem)
+            found.setdefault(title, UpscalerFile(title, path, kind, facts.architecture, facts.scale))
+    return sorted(found.values(), key=lambda u: u.name.lower()), unsupported
 
 
-def load_model(path: Path):
-    """An spandrel ImageModelDescriptor for an SR model file, or UpscalerLoadError naming the problem."""
-    import spandrel
-
-    state_dict = safe_load.load_state_dict_nested(path)
-    try:
-        descriptor = spandrel.ModelLoader().load_from_state_dict(state_dict)
-    except spandrel.UnsupportedModelError as e:
-        raise UpscalerLoadError(f"{path}: not an upscaler architecture spandrel knows ({e})") from None
-    if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.purpose != "SR":
-        raise UpscalerLoadError(f"{path}: a {descriptor.architecture.name} model for {descriptor.purpose}, "
-                                f"not an upscaler")
-    return descriptor.eval()
+def load_model(path: Path, device: torch.device = torch.device("cpu"), half: bool = False):
+    """The spandrel descriptor of an upscaler file; safe_load.ModelFileError naming the problem otherwise."""
+    reason = why_not_an_upscaler(spandrel_models.inspect(path))
+    if reason is not None:
+        raise spandrel_models.UnsupportedModelError(f"{path.name}: {reason}")
+    return spandrel_models.load(path, device, half)
 
 
 def _blend_ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
@@ -97,7 +109,7 @@ def upscale_tensor_tiled(model: Callable[[torch.Tensor], torch.Tensor], image: t
     """[1, C, H, W] in [0, 1] -> [1, C, H*scale, W*scale], one tile at a time, overlaps blended linearly."""
     _, channels, height, width = image.shape
     if tiles.tile <= 0 or (height <= tiles.tile and width <= tiles.tile):
-        return model(image).clamp(0, 1)
+        return model(image).float().cpu().clamp(0, 1)
     step = tiles.tile - tiles.overlap
     output = torch.zeros(1, channels, height * scale, width * scale, dtype=torch.float32)
     weight = torch.zeros(1, 1, height * scale, width * scale, dtype=torch.float32)
@@ -129,10 +141,11 @@ class UpscalerRegistry:
         self.tiles = tiles
         self._lock = threading.Lock()
         self._loaded: tuple[Path, object] | None = None
-        self.files = discover(folders)
+        self._facts = spandrel_models.FactsCache()
+        self.files, self.unsupported = discover(folders, self._facts)
 
     def refresh(self) -> list[UpscalerFile]:
-        self.files = discover(self.folders)
+        self.files, self.unsupported = discover(self.folders, self._facts)
         return self.files
 
     def names(self) -> list[str]:
@@ -145,8 +158,7 @@ class UpscalerRegistry:
         with self._lock:
             if self._loaded is None or self._loaded[0] != file.path:
                 self._loaded = None  # free the previous model first: one in memory at a time
-                descriptor = load_model(file.path).to(self.device)
-                self._loaded = (file.path, descriptor.half() if self.half else descriptor)
+                self._loaded = (file.path, load_model(file.path, self.device, self.half))
             return self._loaded[1]
 
     def upscale(self, image: Image.Image, name: str, width: int, height: int,

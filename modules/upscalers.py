@@ -5,6 +5,8 @@ Model upscalers (ESRGAN family through spandrel) register here too; see the upsc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -34,12 +36,13 @@ def upscale_latent(latent: torch.Tensor, name: str, height: int, width: int) -> 
     return F.interpolate(latent, size=(height // 8, width // 8), mode=mode, antialias=antialias)
 
 
-def upscale_image(image: Image.Image, name: str, width: int, height: int, models=None) -> Image.Image:
+def upscale_image(image: Image.Image, name: str, width: int, height: int, models=None,
+                  check_interrupt: Callable[[], None] | None = None) -> Image.Image:
     """Resize with a built-in resampler ("None" still resizes, with Lanczos, as AUTOMATIC1111 does)
     or with a model upscaler from `models` (an UpscalerRegistry)."""
     if name in PIXEL_RESAMPLERS:
         return image.resize((width, height), PIXEL_RESAMPLERS[name] or Image.Resampling.LANCZOS)
     if models is not None and models.find(name) is not None:
-        return models.upscale(image, name, width, height)
+        return models.upscale(image, name, width, height, check_interrupt)
     choices = [*LATENT_MODES, *PIXEL_RESAMPLERS, *(models.names() if models is not None else [])]
     raise UnknownUpscalerError(f"unknown upscaler {name!r}; choose one of: {', '.join(choices)}")

@@ -17,8 +17,13 @@ from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
 
 from modules import cmd_args
 from modules.face_restoration import (FFHQ_TEMPLATE_512, FaceRestorers, HaarFaceDetector, alignment_matrix, blend,
-                                      detect_architecture, landmarks_from_eyes)
+                                      landmarks_from_eyes)
+from modules.extras import ExtrasSettings, run_extras
+from modules.generation_request import Txt2ImgRequest
 from modules.paths import Paths
+from modules.processing import Resources, txt2img
+from modules.spandrel_models import inspect
+from tiny_models import load_tiny_model
 
 # The astronaut's face in scikit-image's 512x512 photo (x, y, width, height), read off the
 # image: cheek to cheek and hairline to chin.
@@ -94,9 +99,9 @@ def test_paths_carry_face_restorer_folders(tmp_path):
 def test_files_are_identified_by_their_weights(restorers, model_dirs):
     gfpgan_dir, = model_dirs["GFPGAN"]
     codeformer_dir, extra_dir = model_dirs["CodeFormer"]
-    assert detect_architecture(gfpgan_dir / "restorer.pth") == "GFPGAN"
-    assert detect_architecture(gfpgan_dir / "GFPGANv1.4.safetensors") == "GFPGAN"
-    assert detect_architecture(extra_dir / "GFPGANv1.3.pth") == "CodeFormer"
+    assert inspect(gfpgan_dir / "restorer.pth").architecture == "GFPGAN"
+    assert inspect(gfpgan_dir / "GFPGANv1.4.safetensors").architecture == "GFPGAN"
+    assert inspect(extra_dir / "GFPGANv1.3.pth").architecture == "CodeFormer"
     assert restorers.names() == ["GFPGAN", "CodeFormer"]
     # Two GFPGAN files: the official release name wins over the first one in folder order.
     assert restorers.file("GFPGAN").path == gfpgan_dir / "GFPGANv1.4.safetensors"
@@ -191,3 +196,29 @@ def test_faces_below_the_minimum_size_are_skipped(model_dirs, astronaut):
 def test_unknown_restorer_is_an_error(restorers, astronaut):
     with pytest.raises(ValueError, match="available: GFPGAN, CodeFormer"):
         restorers.restore(astronaut, "RestoreFormer")
+
+
+def test_txt2img_restore_faces_uses_the_chosen_restorer_and_says_so(restorers, tmp_path):
+    model = load_tiny_model(tmp_path / "sd", "sd1")
+    request = Txt2ImgRequest(prompt="a portrait", steps=2, width=64, height=64, seed=3, save_images=False,
+                             restore_faces=True)
+    result = txt2img(model, request, None, resources=Resources(face_restorers=restorers,
+                                                                face_restoration_model="GFPGAN"))
+    assert "Face restoration: GFPGAN" in result.infotexts[0]
+    assert any("no face" in warning.lower() for warning in result.warnings)  # tiny random model: no faces
+    missing = txt2img(model, request, None, resources=Resources(face_restorers=restorers,
+                                                                 face_restoration_model="RestoreFormer"))
+    assert "Face restoration" not in missing.infotexts[0]
+    assert any("RestoreFormer" in warning for warning in missing.warnings)
+
+
+def test_extras_restore_faces_then_upscale(restorers, astronaut):
+    settings = ExtrasSettings(gfpgan_visibility=0.5, upscaler_1="Lanczos", upscaling_resize=1.5)
+    result = run_extras(astronaut, settings, None, restorers)
+    assert result.image.size == (768, 768)
+    assert "GFPGAN visibility: 0.5" in result.info and "Postprocess upscaler: Lanczos" in result.info
+    untouched = run_extras(astronaut, ExtrasSettings(upscaler_1="Lanczos", upscaling_resize=1.5), None, restorers)
+    assert np.abs(np.asarray(result.image, np.int16) - np.asarray(untouched.image, np.int16)).max() > 0
+    no_codeformer = run_extras(astronaut, ExtrasSettings(codeformer_visibility=1.0), None,
+                               FaceRestorers({}, torch.device("cpu")))
+    assert any("CodeFormer is not installed" in note for note in no_codeformer.notes)
