@@ -5,20 +5,34 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 
 
-def create_app(args, manager, paths):
-    import gradio as gr
+def create_app(args, manager, paths, settings=None):
+    """The FastAPI app: the UI at /, and with --api or --nowebui the /sdapi/v1 API and /docs.
+    UI and API submit to one job queue, which owns the device."""
     from fastapi import FastAPI
 
     from modules.generation_service import GenerationService
-    from modules.ui import build_ui
+    from modules.job_queue import JobQueue
+    from modules.settings_store import SettingsStore
 
-    service = GenerationService(manager, paths.outputs_dir)
-    app = FastAPI(title="Stable Diffusion web UI", docs_url="/docs" if args.api or args.nowebui else None)
+    settings = settings or SettingsStore(paths.config_file, paths.data_dir / "tmp")
+    queue = JobQueue(max_queued=max(1, args.queue_size))
+    service = GenerationService(manager, queue, settings, paths.outputs_dir)
+    with_api = args.api or args.nowebui
+    app = FastAPI(title="Stable Diffusion web UI", docs_url="/docs" if with_api else None,
+                  openapi_url="/openapi.json" if with_api else None, redoc_url=None)
     app.state.service = service
+    if with_api:
+        from modules.api.auth import parse_credentials
+        from modules.api.routes import ApiContext, create_api_router
+
+        app.include_router(create_api_router(ApiContext(service, args, parse_credentials(args.api_auth))))
     if not args.nowebui:
+        import gradio as gr
+
+        from modules.ui import build_ui
+
         app = gr.mount_gradio_app(app, build_ui(service), path="/")
     return app
 
@@ -29,17 +43,29 @@ def _remove_partial_saves(temp_dir) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def _preload(manager) -> None:
-    from modules.model_manager import NoCheckpointError
+def _preload(service) -> None:
+    """Load the start-up model as the queue's first job, so it never races a generation."""
+    from modules.model_manager import NoCheckpointError, UnknownCheckpointError
     from modules.safe_load import ModelFileError
 
+    log = logging.getLogger("webui")
     try:
-        model = manager.get()
-        logging.getLogger("webui").info("Model loaded: %s (%s)", model.checkpoint.title, model.family)
+        job = service.load_model()
     except NoCheckpointError as e:
-        logging.getLogger("webui").warning("%s", e)
-    except (ModelFileError, ValueError) as e:
-        logging.getLogger("webui").error("Could not load the default checkpoint: %s", e)
+        log.warning("%s", e)
+        return
+    except UnknownCheckpointError as e:
+        log.warning("Saved checkpoint not found (%s); using the default", e)
+        service.settings.update({"sd_model_checkpoint": None})
+        job = service.load_model()
+
+    def report(finished) -> None:
+        if isinstance(finished.error, (ModelFileError, ValueError)):
+            log.error("Could not load the default checkpoint: %s", finished.error)
+        elif finished.error is None:
+            log.info("Model loaded: %s", finished.result.title)
+
+    job.add_done_callback(report)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,17 +79,26 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
+    from modules.api.auth import parse_credentials
     from modules.devices import DevicePolicy
     from modules.model_manager import ModelManager
     from modules.paths import Paths
+    from modules.settings_store import SettingsStore
 
+    try:
+        parse_credentials(args.api_auth)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     paths = Paths.from_args(args)
     _remove_partial_saves(paths.data_dir / "tmp")
     policy = DevicePolicy.from_args(args)
     logging.getLogger("webui").info("Device: %s", policy.describe())
+    settings = SettingsStore(paths.config_file, paths.data_dir / "tmp")
     manager = ModelManager(paths, policy, preferred_checkpoint=args.ckpt, hash_files=not args.no_hashing)
-    app = create_app(args, manager, paths)
-    threading.Thread(target=_preload, args=(manager,), daemon=True, name="preload").start()
+    if args.ckpt and settings.current.sd_model_checkpoint:
+        settings.update({"sd_model_checkpoint": None})  # --ckpt wins over the saved choice, as in AUTOMATIC1111
+    app = create_app(args, manager, paths, settings)
+    _preload(app.state.service)
     host = args.server_name or ("0.0.0.0" if args.listen else "127.0.0.1")
     print(f"Running on local URL:  http://{host}:{args.port}", flush=True)
     uvicorn.run(app, host=host, port=args.port, log_level="warning")

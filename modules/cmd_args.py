@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="require a login for the UI")
     server.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER:PASS]",
                         help="require HTTP basic auth for the API")
+    server.add_argument("--queue-size", type=int, default=64, metavar="N",
+                        help="jobs that may wait for the device; more are refused with HTTP 429 (default 64)")
     server.add_argument("--autolaunch", action="store_true", help="open the UI in the system browser at start")
     server.add_argument("--theme", choices=("light", "dark"), default=None, help="UI colour theme")
 
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compute precision (full = float32 everywhere)")
     device.add_argument("--medvram", action="store_true", help="keep only the active model part on the GPU")
     device.add_argument("--lowvram", action="store_true", help="move model blocks to the GPU one at a time")
+    device.add_argument("--cuda-graphs", action="store_true",
+                        help="replay the UNet from captured CUDA graphs (faster at small batches; about 1 s per new shape)")
     device.add_argument("--skip-torch-cuda-test", action="store_true",
                         help="start even when torch cannot use a GPU (runs on the CPU)")
 

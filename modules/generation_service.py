@@ -1,26 +1,131 @@
-"""Runs generations one at a time on the model manager's device.
+"""Generation work for the job queue: what the UI and the HTTP API submit.
 
-A single lock serialises work on the device; the UI and the CLI call the same entry point.
+A generation's settings are resolved when it is submitted (defaults <- saved settings <- the
+request's overrides) and frozen into its job; the model and VAE it names are loaded by the worker
+when the job starts, so a switch happens between two jobs, never inside one.
 """
 
 from __future__ import annotations
 
-import threading
+import dataclasses
+import datetime as _dt
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from modules.generation_request import Txt2ImgRequest
+from modules.checkpoints import CheckpointInfo
+from modules.generation_request import Img2ImgRequest, Txt2ImgRequest
+from modules.job_queue import Job, JobQueue
 from modules.model_manager import ModelManager
-from modules.processing import GenerationResult, StepCallback, txt2img
+from modules.processing import GenerationResult, img2img, txt2img
+from modules.rng import resolve_seed
+from modules.settings_store import Settings, SettingsStore
+
+# Request fields that AUTOMATIC1111 takes from settings rather than from the request.
+SETTING_FIELDS = {"clip_skip": "CLIP_stop_at_last_layers", "eta_noise_seed_delta": "eta_noise_seed_delta",
+                  "randn_source": "randn_source"}
+
+
+@dataclass
+class Generated:
+    """A finished generation and the facts an API response reports about it."""
+
+    result: GenerationResult
+    request: Txt2ImgRequest  # as it ran: seeds resolved, settings applied
+    checkpoint: CheckpointInfo
+    vae_name: str | None
+    interrupted: bool
+    job_timestamp: str
+    settings: Settings
+
+
+def apply_settings(request: Txt2ImgRequest, settings: Settings) -> Txt2ImgRequest:
+    """Fill the fields the request left unset from the settings, and resolve random seeds now so
+    the job is reproducible from what it carries."""
+    update: dict[str, Any] = {field: getattr(settings, key) for field, key in SETTING_FIELDS.items()
+                              if field not in request.model_fields_set}
+    update["seed"] = resolve_seed(request.seed)
+    update["subseed"] = resolve_seed(request.subseed)
+    return request.model_copy(update=update)
+
+
+def expected_progress(request: Txt2ImgRequest) -> tuple[int, int]:
+    """(sampling passes, steps per pass) the job will report, for progress before its first step."""
+    passes = request.n_iter * (2 if request.enable_hr else 1)
+    steps = request.steps
+    if isinstance(request, Img2ImgRequest):
+        steps = max(1, int(min(request.denoising_strength, 0.999) * request.steps))
+    return passes, steps
 
 
 class GenerationService:
-    def __init__(self, manager: ModelManager, outputs_dir: Path):
+    def __init__(self, manager: ModelManager, queue: JobQueue, settings: SettingsStore, outputs_dir: Path):
         self.manager = manager
+        self.queue = queue
+        self.settings = settings
         self.outputs_dir = outputs_dir
-        self._device_lock = threading.Lock()
 
-    def txt2img(self, request: Txt2ImgRequest, checkpoint: str | None = None,
-                callback: StepCallback | None = None) -> GenerationResult:
-        with self._device_lock:
-            model = self.manager.get(checkpoint)
-            return txt2img(model, request, self.outputs_dir, callback, self.manager.resources(model))
+    # ---- settings and models -----------------------------------------------------------------
+    def job_settings(self, overrides: dict[str, Any] | None = None) -> Settings:
+        """Saved settings with per-job overrides (raises pydantic.ValidationError for a bad value)."""
+        return self.settings.validate_changes(overrides or {})[0]
+
+    def checkpoint_for(self, settings: Settings, explicit: str | None = None) -> CheckpointInfo:
+        """The checkpoint a job runs on; raises UnknownCheckpointError / NoCheckpointError."""
+        query = explicit or settings.sd_model_checkpoint
+        if query:
+            return self.manager.find(query)
+        loaded = self.manager.loaded
+        return loaded.checkpoint if loaded is not None else self.manager.default_checkpoint()
+
+    def _load(self, checkpoint: CheckpointInfo, vae: str):
+        if self.manager.vae_choice != vae:
+            self.manager.set_vae(vae)
+        return self.manager.get(checkpoint.title)
+
+    def load_model(self, checkpoint: str | None = None, **submit_options) -> Job:
+        """A queue job that loads `checkpoint` (or the one the settings name) between generations."""
+        settings = self.settings.current
+        info = self.checkpoint_for(settings, checkpoint)
+        return self.queue.submit("load-model", lambda job: self._load(info, settings.sd_vae).checkpoint,
+                                 bounded=False, **submit_options)
+
+    def unload_model(self) -> Job:
+        return self.queue.submit("unload-model", lambda job: self.manager.unload(), bounded=False)
+
+    def set_checkpoint(self, checkpoint: str) -> CheckpointInfo:
+        """Save the choice and load it (after the jobs already queued)."""
+        info = self.manager.find(checkpoint)
+        self.settings.update({"sd_model_checkpoint": info.title})
+        return self.load_model(info.title).wait()
+
+    # ---- generations ---------------------------------------------------------------------------
+    def submit(self, request: Txt2ImgRequest, *, overrides: dict[str, Any] | None = None,
+               persist_overrides: bool = False, checkpoint: str | None = None, job_id: str | None = None,
+               owner: str | None = None, save: bool = True) -> Job:
+        """Queue a txt2img or img2img job (by the request's type). Bad overrides or an unknown
+        checkpoint raise here, before anything is queued."""
+        settings = self.job_settings(overrides)
+        info = self.checkpoint_for(settings, checkpoint)
+        request = apply_settings(request, settings)
+        kind = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
+        outputs = self.outputs_dir if save else None
+        passes, steps = expected_progress(request)
+
+        def work(job: Job) -> Generated:
+            model = self._load(info, settings.sd_vae)
+            run = img2img if kind == "img2img" else txt2img
+            timestamp = _dt.datetime.now().strftime("%Y%m%d%H%M%S")
+            resources = dataclasses.replace(self.manager.resources(model),
+                                            face_restoration_model=settings.face_restoration_model,
+                                            code_former_weight=settings.code_former_weight)
+            result = run(model, request, outputs, job.step_callback, resources)
+            if persist_overrides and overrides:
+                self.settings.update(overrides)
+            return Generated(result, request, model.checkpoint, model.vae_name, job.interrupted, timestamp, settings)
+
+        return self.queue.submit(kind, work, job_id=job_id, owner=owner, job_count=passes, steps=steps)
+
+    def txt2img(self, request: Txt2ImgRequest, checkpoint: str | None = None) -> GenerationResult:
+        """Queue and wait (the UI's path)."""
+        return self.submit(request, checkpoint=checkpoint).wait().result

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from modules.generation_request import Txt2ImgRequest
 from modules.generation_service import GenerationService
+from modules.job_queue import QueueFullError
 from modules.model_manager import ModelManager, NoCheckpointError
 from modules.safe_load import ModelFileError
 from modules.sampling.registry import sampler_names
@@ -107,7 +108,7 @@ def build_ui(service: GenerationService) -> gr.Blocks:
                 result = service.txt2img(request, checkpoint=values[checkpoint] or None)
             except ValidationError as e:
                 raise gr.Error(_validation_message(e)) from None
-            except (NoCheckpointError, ModelFileError, ValueError) as e:
+            except (NoCheckpointError, ModelFileError, ValueError, QueueFullError) as e:
                 raise gr.Error(str(e)) from None
             return result.images, result.infotexts[0] if result.infotexts else ""
 
@@ -136,9 +137,10 @@ def build_ui(service: GenerationService) -> gr.Blocks:
             if not title:
                 return _status_text(manager), gr.update(), gr.update()
             try:
-                model = manager.get(title)
+                service.set_checkpoint(title)  # loaded by the queue, between jobs
             except (ModelFileError, ValueError) as e:
                 raise gr.Error(str(e)) from None
+            model = manager.loaded
             native = model.native_size
             # Start from the size the model was trained at; a 512 default would tile a small model.
             return (f"Loaded `{model.checkpoint.title}` ({model.family}, native size {native}x{native}).",

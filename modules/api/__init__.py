@@ -1,0 +1,1 @@
+"""AUTOMATIC1111-compatible HTTP API (`/sdapi/v1`)."""
