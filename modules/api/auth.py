@@ -38,11 +38,12 @@ def credentials_match(credentials: list[tuple[str, str]], user: str, password: s
 
 def basic_auth_dependency(credentials: list[tuple[str, str]]) -> Callable[..., str | None]:
     """A FastAPI dependency returning the logged-in user (None when no login is configured)."""
+    if not credentials:
+        return lambda: None  # no security scheme: an Authorization header means nothing here
+
     security = HTTPBasic(auto_error=False)
 
     def require_login(given: HTTPBasicCredentials | None = Depends(security)) -> str | None:
-        if not credentials:
-            return None
         if given is None or not credentials_match(credentials, given.username, given.password):
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Incorrect username or password",
                                 headers={"WWW-Authenticate": "Basic"})

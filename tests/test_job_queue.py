@@ -1,0 +1,132 @@
+"""The job queue: FIFO on one worker, bounded, per-job interrupt/skip and progress."""
+
+import threading
+import time
+
+import pytest
+
+from modules.job_queue import JobIdInUseError, JobQueue, JobState, QueueFullError
+from modules.sampling.samplers import SamplingInterrupted
+
+
+def _blocker():
+    """Work that runs until released, so tests control what is running."""
+    release = threading.Event()
+    started = threading.Event()
+
+    def work(job):
+        started.set()
+        release.wait(10)
+        return "released"
+
+    return work, started, release
+
+
+def test_jobs_run_in_submission_order_on_one_worker():
+    queue = JobQueue()
+    order, threads = [], set()
+
+    def work(n):
+        def run(job):
+            order.append(n)
+            threads.add(threading.current_thread().name)
+            return n * 10
+        return run
+
+    jobs = [queue.submit("test", work(n)) for n in range(20)]
+    assert [job.wait(10) for job in jobs] == [n * 10 for n in range(20)]
+    assert order == list(range(20))
+    assert len(threads) == 1
+    assert len({job.id for job in jobs}) == 20
+
+
+def test_full_queue_refuses_with_retry_after_and_housekeeping_still_passes():
+    queue = JobQueue(max_queued=2)
+    work, started, release = _blocker()
+    running = queue.submit("long", work)
+    assert started.wait(5)
+    waiting = [queue.submit("next", lambda job: None) for _ in range(2)]
+    with pytest.raises(QueueFullError) as refused:
+        queue.submit("one too many", lambda job: None)
+    assert refused.value.retry_after >= 1
+    assert [queue.position(job) for job in waiting] == [1, 2]
+    housekeeping = queue.submit("load-model", lambda job: "loaded", bounded=False)
+    release.set()
+    assert running.wait(5) == "released"
+    assert housekeeping.wait(5) == "loaded"
+
+
+def test_failed_job_reports_its_error_and_the_worker_goes_on():
+    queue = JobQueue()
+
+    def fail(job):
+        raise ValueError("bad prompt")
+
+    failed = queue.submit("fail", fail)
+    after = queue.submit("ok", lambda job: "fine")
+    with pytest.raises(ValueError, match="bad prompt"):
+        failed.wait(5)
+    assert failed.state == JobState.FAILED
+    assert after.wait(5) == "fine"
+
+
+def test_interrupt_stops_at_the_next_step_and_skip_only_the_current_batch():
+    queue = JobQueue()
+    reached = threading.Event()
+    log = []
+
+    def sampler_like(job):
+        for batch in range(3):
+            try:
+                for i in range(1000):
+                    job.step_callback({"i": i})
+                    log.append((batch, i))
+                    if batch == 0 and i == 2:
+                        job.skip()
+                    if batch == 1 and i == 4:
+                        reached.set()
+                        time.sleep(0.2)
+            except SamplingInterrupted:
+                continue
+        return log
+
+    job = queue.submit("gen", sampler_like, job_count=3, steps=1000)
+    assert reached.wait(5)
+    job.interrupt()
+    result = job.wait(5)
+    assert max(i for b, i in result if b == 0) == 2  # skipped after step 2 of the first batch
+    assert max(i for b, i in result if b == 1) <= 5  # interrupted within a step
+    assert not [i for b, i in result if b == 2]  # later batches stop at their first step
+    assert job.progress.job_no == 2
+
+
+def test_progress_fraction_and_eta():
+    queue = JobQueue()
+    seen = {}
+
+    def work(job):
+        for i in range(4):
+            job.step_callback({"i": i})
+            time.sleep(0.01)
+        seen["fraction"] = job.progress.fraction
+        seen["eta"] = job.progress.eta()
+
+    queue.submit("gen", work, job_count=2, steps=4).wait(5)
+    assert seen["fraction"] == pytest.approx(0.5)
+    assert 0 < seen["eta"] < 5
+
+
+def test_job_ids_are_unique_while_in_use_and_done_callbacks_fire_once():
+    queue = JobQueue()
+    work, started, release = _blocker()
+    job = queue.submit("long", work, job_id="task(mine)")
+    with pytest.raises(JobIdInUseError):
+        queue.submit("again", lambda j: None, job_id="task(mine)")
+    calls = []
+    job.add_done_callback(calls.append)
+    release.set()
+    job.wait(5)
+    job.add_done_callback(calls.append)  # already done: called at once
+    assert calls == [job, job]
+    assert queue.get("task(mine)") is job
+    assert queue.submit("again", lambda j: "ok", job_id="task(mine)").wait(5) == "ok"
