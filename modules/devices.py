@@ -14,6 +14,7 @@ class DevicePolicy:
     unet_dtype: torch.dtype
     vae_dtype: torch.dtype
     text_encoder_dtype: torch.dtype
+    cuda_graphs: bool = False  # replay the UNet from captured CUDA graphs (modules/cuda_graphs.py)
 
     @classmethod
     def cpu(cls) -> "DevicePolicy":
@@ -28,7 +29,7 @@ class DevicePolicy:
         full = args.no_half or args.precision == "full"
         half = torch.float32 if full else torch.float16
         vae = torch.float32 if full or args.no_half_vae else torch.float16
-        return cls(torch.device("cuda", index), half, vae, half)
+        return cls(torch.device("cuda", index), half, vae, half, cuda_graphs=getattr(args, "cuda_graphs", False))
 
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"

@@ -114,7 +114,10 @@ class ScheduledGuider:
         return self._guiders[key]
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        self._current = self._guider(self.step_of(sigma))
+        # A constant prompt needs no step: skipping step_of avoids reading sigma back from the GPU,
+        # which would stall the host once per step.
+        step = 1 if getattr(self.conditioning, "is_constant", False) else self.step_of(sigma)
+        self._current = self._guider(step)
         return self._current(x, sigma)
 
     def __getattr__(self, name):  # DDIM CFG++ reads the current guider's last uncond

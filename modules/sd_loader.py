@@ -32,7 +32,7 @@ def _ldm_yaml_for(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict:
     sidecar = sidecar_yaml_path(path)
     if sidecar is not None:
         return load_ldm_yaml(sidecar)
-    return load_ldm_yaml(CONFIGS_DIR / FAMILIES[detect_family(shapes)].default_yaml)
+    return load_ldm_yaml(CONFIGS_DIR / FAMILIES[detect_family(shapes)].config_file)
 
 
 def inspect_checkpoint(path: Path) -> ComponentConfigs:

@@ -34,6 +34,7 @@ class StableDiffusionModel:
     policy: DevicePolicy
     vae_name: str | None = None  # file name of an external VAE, None for the checkpoint's own
     notes: list[str] = field(default_factory=list)
+    _graphs: object | None = field(default=None, repr=False)  # CudaGraphRunner, made on first CUDA call
 
     @property
     def is_sdxl(self) -> bool:
@@ -58,9 +59,19 @@ class StableDiffusionModel:
         dtype = self.policy.unet_dtype
         if image_cond is not None:
             x = torch.cat([x, image_cond.to(x.dtype)], dim=1)
-        added = None
-        if pooled is not None:
-            added = {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}
-        out = self.unet(x.to(dtype), timestep.to(x.device), encoder_hidden_states=context.to(dtype),
-                        added_cond_kwargs=added, return_dict=False)[0]
-        return out.float()
+        tensors = {"x": x.to(dtype), "timestep": timestep.to(x.device), "context": context.to(dtype),
+                   "pooled": None if pooled is None else pooled.to(dtype),
+                   "time_ids": None if time_ids is None else time_ids.to(dtype)}
+        if self.policy.cuda_graphs and x.is_cuda:
+            if self._graphs is None:
+                from modules.cuda_graphs import CudaGraphRunner
+
+                self._graphs = CudaGraphRunner(self._unet_forward)
+            return self._graphs(**tensors)
+        return self._unet_forward(**tensors)
+
+    def _unet_forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                      pooled: torch.Tensor | None, time_ids: torch.Tensor | None) -> torch.Tensor:
+        added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
+        return self.unet(x, timestep, encoder_hidden_states=context, added_cond_kwargs=added,
+                         return_dict=False)[0].float()

@@ -110,3 +110,14 @@ def test_preferred_checkpoint_flag_wins(tmp_path):
     paths = Paths.from_args(parse_args(["--data-dir", str(tmp_path), "--ckpt", str(other)], environ={}))
     manager = ModelManager(paths, DevicePolicy.cpu(), preferred_checkpoint=str(other))
     assert manager.get().family == "sd2"
+
+
+@pytest.mark.parametrize("family, yaml_channels", [("sd1", 320), ("sdxl", 320)])
+def test_without_sidecar_the_family_standard_yaml_is_used(tmp_path, family, yaml_channels):
+    # A real checkpoint has no sidecar: the loader reads the family's yaml from configs/. The tiny
+    # model's channels differ from it, so loading fails, naming the yaml's size and the file's.
+    from modules.sd_loader import CheckpointLoadError, inspect_checkpoint
+
+    path = save_checkpoint(tiny_original_state_dict(family), tmp_path / "plain.safetensors")
+    with pytest.raises(CheckpointLoadError, match=f"{yaml_channels} base channels"):
+        inspect_checkpoint(path)

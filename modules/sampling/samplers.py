@@ -61,6 +61,8 @@ def _batch_sigma(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _churn(x, sigma, n_steps, s_churn, s_tmin, s_tmax, s_noise, noise, sigma_next):
     """Karras et al. (2022) stochastic churn: raise the noise level to sigma_hat before a step."""
+    if s_churn <= 0:  # the usual case; comparing a GPU sigma with s_tmin would stall the host each step
+        return x, sigma
     gamma = min(s_churn / n_steps, 2 ** 0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
     sigma_hat = sigma * (gamma + 1)
     if gamma > 0:
