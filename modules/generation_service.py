@@ -118,7 +118,8 @@ class GenerationService:
             timestamp = _dt.datetime.now().strftime("%Y%m%d%H%M%S")
             resources = dataclasses.replace(self.manager.resources(model),
                                             face_restoration_model=settings.face_restoration_model,
-                                            code_former_weight=settings.code_former_weight)
+                                            code_former_weight=settings.code_former_weight,
+                                            is_interrupted=lambda: job.interrupted)
             result = run(model, request, outputs, job.step_callback, resources)
             if persist_overrides and overrides:
                 self.settings.update(overrides)

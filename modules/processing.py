@@ -50,6 +50,7 @@ class Resources:
     face_restorers: object | None = None  # FaceRestorers
     face_restoration_model: str = "CodeFormer"  # AUTOMATIC1111's setting of that name and its default
     code_former_weight: float = 0.5
+    is_interrupted: Callable[[], bool] = lambda: False  # the job was interrupted: start no further batch
     lora_files: list = field(default_factory=list)  # lora.LoraFile
     lora_cache: lora.LoraCache = field(default_factory=lora.LoraCache)
     embeddings: EmbeddingDatabase | None = None  # the textual inversions that fit the loaded model
@@ -308,6 +309,8 @@ def _txt2img(model: StableDiffusionModel, request: Txt2ImgRequest, stripped: Txt
     conditioning = encode_conditioning(model, stripped.prompt, request.negative_prompt, request, request.width,
                                        request.height, settings.steps, resources, image_cond)
     for batch_index in range(request.n_iter):
+        if batch_index and resources.is_interrupted():
+            break  # an interrupt stops the job: batches not started are not run (a skip ends one batch only)
         seeds, subseeds = batch_seeds(request, first_seed, first_subseed, batch_index)
         latents = sample_latents(model, settings, noise_settings(request, seeds, subseeds), conditioning,
                                  callback=callback)
@@ -428,6 +431,8 @@ def _img2img(model: StableDiffusionModel, request: Img2ImgRequest, stripped: Img
                       "Masked area padding": request.inpaint_full_res_padding if request.inpaint_full_res else None,
                       "Mask mode": "Inpaint not masked" if request.inpainting_mask_invert else None})
     for batch_index in range(request.n_iter):
+        if batch_index and resources.is_interrupted():
+            break  # an interrupt stops the job: batches not started are not run (a skip ends one batch only)
         seeds, subseeds = batch_seeds(request, first_seed, first_subseed, batch_index)
         noise = noise_settings(request, seeds, subseeds)
         init, image_cond = _init_latent(model, request, prepared, len(seeds), noise)
