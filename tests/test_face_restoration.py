@@ -108,6 +108,14 @@ def test_files_are_identified_by_their_weights(restorers, model_dirs):
     assert restorers.file("CodeFormer").path == extra_dir / "GFPGANv1.3.pth"
 
 
+def test_codeformer_safetensors_is_found_too(tmp_path):
+    torch.manual_seed(1)
+    safetensors.torch.save_file(contiguous(CodeFormer().state_dict()), str(tmp_path / "weights.safetensors"))
+    found = FaceRestorers({"CodeFormer": (tmp_path,)}, torch.device("cpu"))
+    assert found.names() == ["CodeFormer"] and found.unsupported() == []
+    assert found.file("CodeFormer").architecture == "CodeFormer"
+
+
 def test_other_files_are_skipped_with_a_reason(restorers, model_dirs):
     codeformer_dir = model_dirs["CodeFormer"][0]
     reasons = {path.name: reason for path, reason in restorers.unsupported()}
