@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +13,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 # Flags that keep Chromium from reaching for the network on a closed machine.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-quic", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
 @contextmanager
@@ -31,3 +33,50 @@ def chromium_page(viewport=(1280, 900)):
             yield page
         finally:
             browser.close()
+
+
+def open_ui(page, url: str) -> None:
+    """Load the page and wait until its controls are live (the page keeps a heartbeat connection
+    open, so "network idle" never comes)."""
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+    page.wait_for_function("window.__gradio_mode__ !== undefined || document.querySelector('#txt2img_generate')")
+
+
+def save_artifact(page, name: str) -> Path:
+    """A full-page screenshot under tests/artifacts/, for a person to look at after a run."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+EMBEDDED = Path(__file__).resolve().parent.parent / "models" / "Stable-diffusion" / "embedded-shapes-v1"
+
+
+def data_dir_with_embedded_model(root: Path) -> Path:
+    """A data folder whose models/Stable-diffusion holds the shipped model (linked, not copied)."""
+    folder = root / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix in (".safetensors", ".yaml"):
+        target = folder / f"{EMBEDDED.name}{suffix}"
+        if not target.exists():
+            target.symlink_to(EMBEDDED.with_suffix(suffix))
+    return root
+
+
+def set_number(page, elem_id: str, value) -> None:
+    """Type into the number box of a slider or number field, and leave it, so Gradio takes the value."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    """Pick an option of a Gradio dropdown."""
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f"ul[role=listbox] li[aria-label='{option}']").first.click()
+
+
+def open_tab(page, elem_id: str) -> None:
+    page.locator(f"#{elem_id}-button").click()

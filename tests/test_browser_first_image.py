@@ -2,7 +2,7 @@
 
 import re
 
-from browser import chromium_page
+from browser import chromium_page, open_ui
 from server_process import ServerProcess
 from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
 
@@ -14,7 +14,7 @@ def test_generate_in_browser(tmp_path):
     (folder / "tiny.yaml").write_text(tiny_ldm_yaml("sd1"))
 
     with ServerProcess(data_dir=tmp_path) as server, chromium_page() as page:
-        page.goto(server.url, wait_until="networkidle")
+        open_ui(page, server.url)
         assert re.search(r"tiny\.safetensors \[[0-9a-f]{10}\]",
                          page.locator("#sd_checkpoint input").input_value())
         page.locator("#txt2img_prompt textarea").fill("a red circle")
@@ -37,7 +37,7 @@ def test_generate_in_browser(tmp_path):
 
 def test_page_without_checkpoint_tells_user_what_to_do(tmp_path):
     with ServerProcess(data_dir=tmp_path) as server, chromium_page() as page:
-        page.goto(server.url, wait_until="networkidle")
+        open_ui(page, server.url)
         text = page.locator("#status").inner_text()
         assert "No checkpoint is present" in text
         assert "models/Stable-diffusion" in text

@@ -1,0 +1,197 @@
+"""Progress of a queued job on the page: a bar with step count and ETA, a live preview, Interrupt/Skip.
+
+The handler that submitted a job follows it here until it is done; previews are the cheap
+latent->RGB approximation (works for any model, costs no device time) unless the settings ask
+for a full VAE decode. Interrupt and Skip act on the job of the browser session that pressed
+them, so one person cannot stop another's generation.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import gradio as gr
+from PIL import Image
+
+from modules.job_queue import Job, JobQueue, JobState
+from modules.live_preview import latent_preview
+from modules.settings_store import Settings
+
+POLL_SECONDS = 0.3
+
+
+@dataclass
+class ProgressView:
+    html: str
+    preview: Image.Image | None  # None: keep what is shown
+
+
+@dataclass
+class ProgressArea:
+    bar: gr.HTML
+    preview: gr.Image
+
+
+class ActiveJobs:
+    """The job each browser session is running, per tab (a session may run txt2img and extras at once)."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[tuple[str, str], Job] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str, tab: str, job: Job) -> None:
+        with self._lock:
+            self._jobs = {key: j for key, j in self._jobs.items() if not j.done}  # forget finished ones
+            self._jobs[(session, tab)] = job
+
+    def get(self, session: str, tab: str) -> Job | None:
+        with self._lock:
+            job = self._jobs.get((session, tab))
+        return job if job is not None and not job.done else None
+
+
+def build_progress_area(tab: str) -> ProgressArea:
+    bar = gr.HTML("", elem_id=f"{tab}_progress", elem_classes=["progress-area"], js_on_load=None)
+    preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id=f"{tab}_live_preview",
+                       show_label=False, height=256, buttons=[])
+    return ProgressArea(bar, preview)
+
+
+def _seconds(value: float) -> str:
+    value = int(round(value))
+    return f"{value // 60}m {value % 60:02d}s" if value >= 60 else f"{value}s"
+
+
+def bar_html(fraction: float, text: str, state: str = "running") -> str:
+    percent = max(0.0, min(1.0, fraction)) * 100
+    return (f'<div class="progress-bar {state}" role="progressbar" aria-valuenow="{percent:.0f}" '
+            f'aria-valuemin="0" aria-valuemax="100"><div class="progress-fill" style="width:{percent:.1f}%"></div>'
+            f'<span class="progress-text">{html.escape(text)}</span></div>')
+
+
+def progress_text(job: Job, queue: JobQueue) -> tuple[float, str]:
+    if job.state == JobState.QUEUED:
+        return 0.0, f"In queue: {queue.position(job)}/{len(queue.pending())}"
+    progress = job.progress
+    if progress.step == 0:
+        return 0.0, "Starting…"
+    parts = []
+    if progress.job_count > 1:
+        parts.append(f"Batch {progress.job_no + 1}/{progress.job_count}")
+    parts.append(f"Step {progress.step}/{progress.steps}")
+    parts.append(f"ETA {_seconds(progress.eta())}")
+    if job.interrupted:
+        parts.append("interrupting…")
+    return progress.fraction, " · ".join(parts)
+
+
+def preview_every(settings: Settings) -> int:
+    """Steps between previews; 0 when previews are off (-1 means "only at the end" in AUTOMATIC1111)."""
+    if not settings.live_previews_enable or settings.show_progress_every_n_steps <= 0:
+        return 0
+    return settings.show_progress_every_n_steps
+
+
+def _preview(job: Job, full_decode: object | None) -> Image.Image | None:
+    latent = job.progress.latest_latent
+    if latent is None:
+        return None
+    if full_decode is not None:
+        try:
+            return full_decode(latent[:1])[0]
+        except Exception:  # a decode racing the end of the job: the cheap preview will do
+            pass
+    return latent_preview(latent)
+
+
+def follow(job: Job, queue: JobQueue, settings: Settings, full_decode=None) -> Iterator[ProgressView]:
+    """Views of the job's progress until it is done; a new preview every N steps."""
+    every = preview_every(settings)
+    shown_step = -1
+    done = threading.Event()
+    job.add_done_callback(lambda _job: done.set())
+    while not job.done:
+        fraction, text = progress_text(job, queue)
+        preview = None
+        step = job.progress.step + job.progress.job_no * job.progress.steps
+        if every and job.state == JobState.RUNNING and step != shown_step and step % every == 0:
+            preview = _preview(job, full_decode)
+            shown_step = step if preview is not None else shown_step
+        yield ProgressView(bar_html(fraction, text), preview)
+        done.wait(POLL_SECONDS)
+
+
+def finished_html(job: Job, seconds: float, note: str = "") -> str:
+    if job.error is not None:
+        return bar_html(1.0, f"Failed after {_seconds(seconds)}", "failed")
+    text = f"{'Interrupted' if job.interrupted else 'Done'} in {seconds:.1f}s"
+    return bar_html(1.0, f"{text}{' · ' + note if note else ''}", "interrupted" if job.interrupted else "done")
+
+
+def full_decoder(settings: Settings, manager) -> object | None:
+    """A decoder of latents with the loaded VAE when the settings ask for full previews, else None."""
+    if getattr(settings, "show_progress_type", "Approx cheap") != "Full":
+        return None
+    from modules.processing import decode_latents
+
+    model = manager.loaded
+    return (lambda latent: decode_latents(model, latent)) if model is not None else None
+
+
+def wire_controls(active: ActiveJobs, tab: str, interrupt: gr.Button, skip: gr.Button | None = None) -> None:
+    def press(action: str, request: gr.Request) -> None:
+        job = active.get(request.session_hash or "", tab)
+        if job is None:
+            return
+        job.interrupt() if action == "interrupt" else job.skip()
+
+    def on_interrupt(request: gr.Request) -> None:
+        press("interrupt", request)
+
+    def on_skip(request: gr.Request) -> None:
+        press("skip", request)
+
+    # No limit: a press must never wait behind the generation it is meant to stop.
+    interrupt.click(on_interrupt, show_progress="hidden", concurrency_limit=None)
+    if skip is not None:
+        skip.click(on_skip, show_progress="hidden", concurrency_limit=None)
+
+
+def stream_job(ctx, active: ActiveJobs, tab: str, session: str, area: ProgressArea, submit, finish):
+    """Submit a job (`submit() -> Job`), show its progress, then the outputs `finish(result)` gives.
+
+    A generator for a Gradio handler: every item is a dict of component updates. Interrupted
+    sampling still returns the images made so far, as AUTOMATIC1111 does.
+    """
+    from modules.sampling.samplers import SamplingInterrupted
+    from modules.ui_tabs.common import USER_ERRORS, user_error
+
+    try:
+        job = submit()
+    except USER_ERRORS as e:
+        raise user_error(e) from None
+    active.start(session, tab, job)
+    started = time.monotonic()
+    decoder = full_decoder(ctx.settings.current, ctx.manager)
+    yield {area.bar: bar_html(0.0, "Queued…"), area.preview: gr.Image(value=None, visible=False)}
+    for view in follow(job, ctx.service.queue, ctx.settings.current, decoder):
+        update = {area.bar: view.html}
+        if view.preview is not None:
+            update[area.preview] = gr.Image(value=view.preview, visible=True)
+        yield update
+    seconds = time.monotonic() - started
+    hide = gr.Image(value=None, visible=False)
+    try:
+        result = job.wait(0)
+    except SamplingInterrupted:
+        yield {area.bar: bar_html(1.0, "Interrupted before any image was made", "interrupted"), area.preview: hide}
+        return
+    except USER_ERRORS as e:
+        yield {area.bar: finished_html(job, seconds), area.preview: hide}
+        raise user_error(e) from None
+    outputs, note = finish(result)
+    yield {**outputs, area.bar: finished_html(job, seconds, note), area.preview: hide}

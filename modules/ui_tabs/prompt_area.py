@@ -1,0 +1,96 @@
+"""The prompt row of a generation tab: prompt and negative prompt with token counters, Generate,
+Interrupt, Skip, and the styles dropdown with apply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from modules import styles as style_files
+from modules.ui_tabs.common import Fields, UiContext
+
+
+@dataclass
+class PromptArea:
+    fields: Fields
+    generate: gr.Button
+    interrupt: gr.Button
+    skip: gr.Button
+    apply_styles: gr.Button
+    prompt_tokens: gr.Markdown
+    negative_tokens: gr.Markdown
+
+
+def prompt_token_count(model, text: str) -> tuple[int, int]:
+    """Tokens of the longest text the prompt schedules, as AUTOMATIC1111's counter shows them."""
+    from modules import lora, prompt_parser
+    from modules.text_encoding import count_tokens
+
+    text, _ = lora.parse_lora_tags(prompt_parser.strip_comments(text))
+    texts = [t for t, _ in prompt_parser.parse_and(text)] or [text]
+    counts = [count_tokens(model, scheduled) for part in texts
+              for scheduled in prompt_parser.schedule_for(part, 20, negative=True).distinct_texts()]
+    return max(counts, key=lambda c: c[0])
+
+
+def style_names(ctx: UiContext) -> list[str]:
+    path = ctx.manager.paths.styles_file
+    return sorted(style_files.load_styles(path)) if path.is_file() else []
+
+
+def build_prompt_area(ctx: UiContext, tab: str) -> PromptArea:
+    fields = Fields()
+    with gr.Row(elem_id=f"{tab}_toprow", elem_classes=["toprow"]):
+        with gr.Column(scale=6, min_width=280):
+            fields.add("prompt", gr.Textbox(label="Prompt", lines=3, max_lines=12, elem_id=f"{tab}_prompt",
+                                            placeholder="Prompt (Ctrl+Enter to generate; Midjourney-style "
+                                                        "--ar 16:9 --seed 5 --no text work here)"))
+            prompt_tokens = gr.Markdown("", elem_id=f"{tab}_token_counter", elem_classes=["token-counter"])
+            fields.add("negative_prompt", gr.Textbox(label="Negative prompt", lines=2, max_lines=8,
+                                                     elem_id=f"{tab}_neg_prompt"))
+            negative_tokens = gr.Markdown("", elem_id=f"{tab}_negative_token_counter",
+                                          elem_classes=["token-counter"])
+        with gr.Column(scale=2, min_width=200, elem_classes=["generate-box"]):
+            generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate", size="lg")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", variant="stop", elem_id=f"{tab}_interrupt", size="sm",
+                                      min_width=80)
+                skip = gr.Button("Skip", elem_id=f"{tab}_skip", size="sm", min_width=80)
+            with gr.Row(equal_height=True):
+                fields.add("styles", gr.Dropdown(label="Styles", choices=style_names(ctx), value=[],
+                                                 multiselect=True, elem_id=f"{tab}_styles", scale=4,
+                                                 min_width=120))
+                apply_styles = gr.Button("✎", elem_id=f"{tab}_style_apply", scale=0, min_width=44,
+                                         elem_classes=["tool"])
+    area = PromptArea(fields, generate, interrupt, skip, apply_styles, prompt_tokens, negative_tokens)
+    wire_prompt_area(ctx, area)
+    return area
+
+
+def wire_prompt_area(ctx: UiContext, area: PromptArea) -> None:
+    def token_counter(text: str) -> str:
+        model = ctx.manager.loaded
+        if model is None or not text:
+            return ""
+        used, limit = prompt_token_count(model, text)
+        return f"{used}/{limit}"
+
+    prompt, negative = area.fields["prompt"], area.fields["negative_prompt"]
+    prompt.change(token_counter, inputs=[prompt], outputs=[area.prompt_tokens], show_progress="hidden",
+                  trigger_mode="always_last", concurrency_limit=None)
+    negative.change(token_counter, inputs=[negative], outputs=[area.negative_tokens], show_progress="hidden",
+                    trigger_mode="always_last", concurrency_limit=None)
+
+    def apply(text: str, negative_text: str, chosen: list[str]):
+        """Write the chosen styles into the prompts and clear the choice, so they apply only once."""
+        path = ctx.manager.paths.styles_file
+        known = style_files.load_styles(path) if path.is_file() else {}
+        try:
+            text, negative_text = style_files.apply_styles(text, negative_text, chosen or [], known)
+        except style_files.UnknownStyleError as e:
+            raise gr.Error(str(e.args[0])) from None
+        return text, negative_text, gr.Dropdown(value=[], choices=style_names(ctx))
+
+    area.apply_styles.click(apply, inputs=[prompt, negative, area.fields["styles"]],
+                            outputs=[prompt, negative, area.fields["styles"]], show_progress="hidden")
