@@ -12,6 +12,8 @@ def create_app(args, manager, paths, settings=None):
     UI and API submit to one job queue, which owns the device."""
     from fastapi import FastAPI
 
+    from modules.http_guard import HttpGuard
+
     from modules.generation_service import GenerationService
     from modules.job_queue import JobQueue
     from modules.settings_store import SettingsStore
@@ -34,7 +36,47 @@ def create_app(args, manager, paths, settings=None):
         from modules.ui import build_ui
 
         app = gr.mount_gradio_app(app, build_ui(service), path="/")
+    app.add_middleware(HttpGuard, config=guard_config(args))
+    install_test_faults(service)
     return app
+
+
+def _split_list(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def guard_config(args):
+    """The checks every request passes (modules/http_guard.py), from the command line."""
+    from modules.api.auth import parse_credentials
+    from modules.http_guard import GuardConfig, host_names_for
+
+    return GuardConfig(
+        allowed_hosts=host_names_for(args.server_name, args.listen, _split_list(args.allowed_hosts)),
+        ui_credentials=tuple(parse_credentials(args.gradio_auth, "--gradio-auth")),
+        api_credentials=tuple(parse_credentials(args.api_auth)),
+        cors_origins=frozenset(_split_list(args.cors_allow_origins)))
+
+
+def install_test_faults(service) -> None:
+    """Fault injection for the test suite only, enabled by an environment variable."""
+    if os.environ.get("SD_WEBUI_TEST_FAULTS"):
+        from modules.security_faults import install
+
+        install(service, os.environ["SD_WEBUI_TEST_FAULTS"])
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_error(args) -> str | None:
+    """Why the server must not start: reachable from other machines with no login at all."""
+    exposed = args.listen or (args.server_name is not None and args.server_name not in LOOPBACK_HOSTS)
+    if exposed and not (args.gradio_auth or args.api_auth):
+        where = "--listen" if args.listen else f"--server-name {args.server_name}"
+        return (f"{where} makes the server reachable from other machines, and anyone who can reach it "
+                "could run jobs and read images; refusing to start without a login. "
+                "Add --gradio-auth USER:PASS and/or --api-auth USER:PASS.")
+    return None
 
 
 def _remove_partial_saves(temp_dir) -> None:
@@ -87,8 +129,11 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         parse_credentials(args.api_auth)
+        parse_credentials(args.gradio_auth, "--gradio-auth")
     except ValueError as e:
         sys.exit(f"error: {e}")
+    if (why := exposure_error(args)) is not None:
+        sys.exit(f"error: {why}")
     paths = Paths.from_args(args)
     _remove_partial_saves(paths.data_dir / "tmp")
     policy = DevicePolicy.from_args(args)

@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="require a login for the UI")
     server.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER:PASS]",
                         help="require HTTP basic auth for the API")
+    server.add_argument("--allowed-hosts", default="", metavar="NAME[,NAME]",
+                        help="extra Host header names to answer (DNS-rebinding guard); loopback names, IP "
+                             "addresses and the --server-name are always allowed; '*' allows any")
+    server.add_argument("--cors-allow-origins", default="", metavar="ORIGIN[,ORIGIN]",
+                        help="origins (e.g. https://app.example) that may call the server from a browser; "
+                             "none by default")
     server.add_argument("--queue-size", type=int, default=64, metavar="N",
                         help="jobs that may wait for the device; more are refused with HTTP 429 (default 64)")
     server.add_argument("--autolaunch", action="store_true", help="open the UI in the system browser at start")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -117,10 +118,38 @@ def prompt_infotext(request: Txt2ImgRequest, conditioning: PromptConditioning) -
 
 # ---- VAE --------------------------------------------------------------------------------------
 
+class NonFiniteImageError(RuntimeError):
+    """The VAE produced NaN or infinite pixels even in float32: no image (and no black PNG) is made."""
+
+
+def _vae_decode(model: StableDiffusionModel, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    scaled = (latents / model.scale_factor).to(model.policy.device, dtype)
+    return model.vae.decode(scaled, return_dict=False)[0].float()
+
+
+def _decode_in_float32(model: StableDiffusionModel, latents: torch.Tensor) -> torch.Tensor:
+    """Half-precision VAEs overflow to NaN on some latents; float32 decodes them (then the VAE goes back)."""
+    model.vae.to(torch.float32)
+    try:
+        return _vae_decode(model, latents, torch.float32)
+    finally:
+        model.vae.to(model.policy.vae_dtype)
+
+
 @torch.no_grad()
 def decode_latents(model: StableDiffusionModel, latents: torch.Tensor) -> list[Image.Image]:
-    scaled = (latents / model.scale_factor).to(model.policy.device, model.policy.vae_dtype)
-    pixels = model.vae.decode(scaled, return_dict=False)[0].float()
+    """Latents -> images; NaN/inf anywhere (not only everywhere) is retried once with a float32 VAE,
+    and if still there raises NonFiniteImageError instead of returning black images."""
+    if not torch.isfinite(latents).all():
+        raise NonFiniteImageError("sampling produced NaN or infinite latents; no image was made")
+    pixels = _vae_decode(model, latents, model.policy.vae_dtype)
+    if not torch.isfinite(pixels).all() and model.policy.vae_dtype != torch.float32:
+        logging.getLogger(__name__).warning("The VAE produced NaN in %s; retrying in float32",
+                                            model.policy.vae_dtype)
+        pixels = _decode_in_float32(model, latents)
+    if not torch.isfinite(pixels).all():
+        raise NonFiniteImageError("the VAE produced NaN or infinite pixels even in float32; no image was saved "
+                                  "(try another VAE or checkpoint)")
     pixels = ((pixels + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
     array = pixels.permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(np.ascontiguousarray(a)) for a in array]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -41,6 +42,17 @@ class Settings(BaseModel):
     face_restoration_model: str = "CodeFormer"
     code_former_weight: float = Field(0.5, ge=0.0, le=1.0)
     interrupt_after_current: bool = False
+
+
+# AUTOMATIC1111 settings that name folders, files or file name patterns. None of them is a setting
+# here, and a request that tries to set one is refused rather than ignored: over the network they
+# would let a client point writes at code (AUTOMATIC1111 issue 2571).
+_PATH_VALUED_KEY = re.compile(r"^(outdir_|directories_|save_to_dirs|ckpt_dir|vae_dir|temp_dir|"
+                              r"filename_pattern)|(_dir|_dirs|_path|_paths|_filename|_filename_pattern)$")
+
+
+def path_valued_keys(changes: dict[str, Any]) -> list[str]:
+    return [key for key in changes if isinstance(key, str) and _PATH_VALUED_KEY.search(key)]
 
 
 def known_keys() -> set[str]:

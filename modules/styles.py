@@ -8,13 +8,17 @@ load. A row whose name starts with `#` is a comment.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
+
+log = logging.getLogger(__name__)
 
 STYLE_FIELDS = ("name", "prompt", "negative_prompt")
 PROMPT_PLACEHOLDER = "{prompt}"
@@ -48,15 +52,36 @@ def load_styles(path: str | os.PathLike) -> dict[str, PromptStyle]:
     path = Path(path)
     if not path.exists():
         return {}
+    try:
+        return _read_styles(path)
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as e:
+        _quarantine(path, e)
+        return {}
+
+
+def _read_styles(path: Path) -> dict[str, PromptStyle]:
     styles: dict[str, PromptStyle] = {}
     with open(path, encoding="utf-8-sig", newline="") as file:
-        for row in csv.DictReader(file, skipinitialspace=True):
+        reader = csv.DictReader(file, skipinitialspace=True)
+        if reader.fieldnames is not None and "name" not in reader.fieldnames:
+            raise ValueError("no 'name' column")
+        for row in reader:
             name = row.get("name") or ""
             if not name or name.startswith("#"):
                 continue
             prompt = row["prompt"] if "prompt" in row else row.get("text", "")
             styles[name] = PromptStyle(name, prompt or "", row.get("negative_prompt") or "")
     return styles
+
+
+def _quarantine(path: Path, error: BaseException) -> None:
+    """A damaged styles file must not stop generations: it is moved aside (kept for the user to
+    repair) and the server continues with no styles."""
+    target_dir = path.parent / "tmp"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}.bad"
+    os.replace(path, target)
+    log.warning("Styles file %s is unreadable (%s); moved to %s, continuing without styles", path, error, target)
 
 
 def save_styles(path: str | os.PathLike, styles: Iterable[PromptStyle]) -> None:

@@ -13,7 +13,7 @@ from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 
-def parse_credentials(spec: str | None) -> list[tuple[str, str]]:
+def parse_credentials(spec: str | None, flag: str = "--api-auth") -> list[tuple[str, str]]:
     """"u1:p1,u2:p2" -> [("u1", "p1"), ("u2", "p2")]; a password may itself contain ':'."""
     pairs = []
     for item in (spec or "").split(","):
@@ -22,7 +22,7 @@ def parse_credentials(spec: str | None) -> list[tuple[str, str]]:
             continue
         user, sep, password = item.partition(":")
         if not sep or not user:
-            raise ValueError("--api-auth takes USER:PASS[,USER:PASS]")
+            raise ValueError(f"{flag} takes USER:PASS[,USER:PASS]")
         pairs.append((user, password))
     return pairs
 

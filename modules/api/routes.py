@@ -35,7 +35,9 @@ from modules.image_saving import read_parameters
 from modules.infotext import parse_generation_parameters
 from modules.job_queue import Job, JobIdInUseError, QueueFullError
 from modules.model_manager import NoCheckpointError, UnknownCheckpointError
+from modules.processing import NonFiniteImageError
 from modules.safe_load import ModelFileError
+from modules.settings_store import path_valued_keys
 from modules.sampling.samplers import SamplingInterrupted
 
 log = logging.getLogger(__name__)
@@ -87,10 +89,34 @@ def http_error(error: BaseException, checkpoint_field: tuple = ("override_settin
         return HTTPException(409, "the job was interrupted")
     if isinstance(error, (NoCheckpointError, ModelFileError)):
         return HTTPException(503, str(error))
+    if _is_out_of_memory(error):
+        free_device_memory()
+        return HTTPException(503, "the device ran out of memory for this job; try a smaller size or batch "
+                                  "(the server keeps running)")
+    if isinstance(error, NonFiniteImageError):
+        return HTTPException(500, str(error))
     if isinstance(error, ValueError):  # the request asked for something the pipeline refuses (prompt syntax, ...)
         return _unprocessable((), str(error))
     log.error("API request failed: %r", error)
     return HTTPException(500, f"internal error ({type(error).__name__}); see the server log")
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()[:200] and \
+        isinstance(error, RuntimeError)
+
+
+def free_device_memory() -> None:
+    """Give cached device memory back after an out-of-memory failure, so the next job starts clean."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 async def wait_for(job: Job) -> Any:
@@ -157,6 +183,9 @@ def _generation_routes(router: APIRouter, ctx: ApiContext, login) -> None:
     service = ctx.service
 
     async def generate(api: Txt2ImgApiRequest, user: str | None, prepare) -> GenerationResponse:
+        if refused := path_valued_keys(api.override_settings or {}):
+            raise HTTPException(403, f"path and file name settings cannot be changed over the network: "
+                                     f"{', '.join(sorted(refused))}")
         try:
             _, ignored = service.settings.validate_changes(api.override_settings)
         except ValidationError as e:
@@ -224,6 +253,9 @@ def _options_routes(router: APIRouter, ctx: ApiContext) -> None:
 
     @router.post("/options")
     async def set_config(req: dict[str, Any] = Body(...)):
+        if refused := path_valued_keys(req):
+            raise HTTPException(403, f"path and file name settings cannot be changed over the network: "
+                                     f"{', '.join(sorted(refused))}")
         try:
             settings, ignored = service.settings.validate_changes(req)
             if "sd_model_checkpoint" in req and settings.sd_model_checkpoint:
