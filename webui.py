@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     set_offline_environment(os.environ)  # no code path may reach a model hub or send telemetry
 
     args = parse_args(argv)
+    if (why := exposure_error(args)) is not None:  # before any slow import: the answer is immediate
+        sys.exit(f"error: {why}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import uvicorn
@@ -132,8 +134,6 @@ def main(argv: list[str] | None = None) -> None:
         parse_credentials(args.gradio_auth, "--gradio-auth")
     except ValueError as e:
         sys.exit(f"error: {e}")
-    if (why := exposure_error(args)) is not None:
-        sys.exit(f"error: {why}")
     paths = Paths.from_args(args)
     _remove_partial_saves(paths.data_dir / "tmp")
     policy = DevicePolicy.from_args(args)

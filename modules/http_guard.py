@@ -42,6 +42,7 @@ Send = Callable[[dict], Awaitable[None]]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 API_PREFIXES = ("/sdapi/", "/docs", "/openapi.json")
+FILE_ROUTE_PREFIXES = ("/file=", "/file/", "/gradio_api/file", "/gradio_api/file=")
 _DRIVE_LETTER = re.compile(r"(^|[=/])[A-Za-z]:")
 _TRAVERSAL_IN_QUERY = re.compile(r"\.\.[/\\]|[/\\]\.\.|^\.\.$|=\.\.(&|$)")
 
@@ -190,7 +191,26 @@ class HttpGuard:
             else:
                 await self._respond(send, refusal.status, refusal.message, refusal.headers)
             return
-        await self.app(scope, receive, self._with_cors(send, origin) if scope["type"] == "http" else send)
+        if scope["type"] == "http":
+            send = self._with_cors(send, origin)
+            if scope["path"].startswith(FILE_ROUTE_PREFIXES):
+                send = self._uniform_file_refusals(send)
+        await self.app(scope, receive, send)
+
+    def _uniform_file_refusals(self, send: Send) -> Send:
+        """Missing and forbidden files get one answer, so file routes reveal nothing about what
+        exists outside their folders (the inner answers differ and echo the path)."""
+        replaced = False
+
+        async def send_uniform(message: dict) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] in (403, 404):
+                replaced = True
+                await self._respond(send, 403, "File not allowed", {})
+            elif not replaced:
+                await send(message)
+
+        return send_uniform
 
     # ---- checks ---------------------------------------------------------------------------------
     def check(self, scope: Scope, headers: dict[str, str]) -> Refusal | None:

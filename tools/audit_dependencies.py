@@ -75,7 +75,7 @@ def run_pip_audit() -> tuple[str, list[str]]:
         return "unavailable", ["pip-audit is not installed"]
     try:
         result = subprocess.run(command + ["--format", "json", "--progress-spinner", "off"],
-                                capture_output=True, text=True, timeout=300)
+                                capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         return "unavailable", ["pip-audit timed out (advisory service unreachable?)"]
     try:

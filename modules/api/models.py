@@ -51,12 +51,21 @@ def _resolve_sampler(name: object, scheduler: object, field: str) -> tuple[str, 
     return spec.name, schedule
 
 
+MAX_PROMPT_CHARS = 20_000
+
+
 class Txt2ImgApiRequest(Txt2ImgRequest):
     """`StableDiffusionTxt2ImgProcessingAPI`."""
 
     model_config = ConfigDict(extra="ignore")
 
     steps: int = Field(50, ge=1, le=150)  # the API's default; the UI's is 20
+    # Far beyond any useful prompt (the text encoder reads 75-token chunks), small enough that
+    # parsing and tokenising a hostile one costs nothing.
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     sampler_name: str = ""
     sampler_index: str = "Euler"  # used when sampler_name is empty
     save_images: bool = False
