@@ -43,11 +43,11 @@ def build_prompt_area(ctx: UiContext, tab: str) -> PromptArea:
     fields = Fields()
     with gr.Row(elem_id=f"{tab}_toprow", elem_classes=["toprow"]):
         with gr.Column(scale=6, min_width=280):
-            fields.add("prompt", gr.Textbox(label="Prompt", lines=3, max_lines=12, elem_id=f"{tab}_prompt",
+            fields.add("prompt", gr.Textbox(label="Prompt", lines=2, max_lines=12, elem_id=f"{tab}_prompt",
                                             placeholder="Prompt (Ctrl+Enter to generate; Midjourney-style "
                                                         "--ar 16:9 --seed 5 --no text work here)"))
             prompt_tokens = gr.Markdown("", elem_id=f"{tab}_token_counter", elem_classes=["token-counter"])
-            fields.add("negative_prompt", gr.Textbox(label="Negative prompt", lines=2, max_lines=8,
+            fields.add("negative_prompt", gr.Textbox(label="Negative prompt", lines=1, max_lines=8,
                                                      elem_id=f"{tab}_neg_prompt"))
             negative_tokens = gr.Markdown("", elem_id=f"{tab}_negative_token_counter",
                                           elem_classes=["token-counter"])

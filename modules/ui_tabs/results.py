@@ -63,9 +63,9 @@ def gallery_value(results: Results) -> list[tuple[Image.Image, str | None]]:
 
 
 def build_results(tab: str) -> ResultsArea:
-    gallery = gr.Gallery(label="Output", elem_id=f"{tab}_gallery", columns=2, height="auto", format="png",
+    gallery = gr.Gallery(label="Output", elem_id=f"{tab}_gallery", columns=2, height=520, format="png",
                          object_fit="contain", preview=False, buttons=["download", "fullscreen"],
-                         interactive=False)
+                         interactive=False, elem_classes=["results-gallery"])
     with gr.Row(elem_id=f"{tab}_results_actions", elem_classes=["results-actions"]):
         open_folder = gr.Button("Open folder", elem_id=f"{tab}_open_folder", size="sm", min_width=90, scale=1)
         download = gr.DownloadButton("Download", elem_id=f"{tab}_download", size="sm", min_width=90, scale=1)

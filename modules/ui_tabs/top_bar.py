@@ -20,7 +20,7 @@ class TopBar:
     checkpoint: gr.Dropdown
     refresh: gr.Button
     vae: gr.Dropdown
-    clip_skip: gr.Slider
+    clip_skip: gr.Number
     status: gr.Markdown
 
 
@@ -52,8 +52,8 @@ def build_top_bar(ctx: UiContext) -> TopBar:
                             elem_classes=["tool"])
         vae = gr.Dropdown(label="SD VAE", choices=vae_choices(ctx), value=settings.sd_vae, elem_id="sd_vae",
                           scale=2, min_width=160)
-        clip_skip = gr.Slider(1, 12, value=settings.CLIP_stop_at_last_layers, step=1, label="Clip skip",
-                              elem_id="clip_skip", scale=2, min_width=160)
+        clip_skip = gr.Number(value=settings.CLIP_stop_at_last_layers, minimum=1, maximum=12, step=1, precision=0,
+                              label="Clip skip", elem_id="clip_skip", scale=1, min_width=110)
     status = gr.Markdown(status_text(ctx), elem_id="status")
     return TopBar(checkpoint, refresh, vae, clip_skip, status)
 
@@ -80,10 +80,11 @@ def wire_top_bar(ctx: UiContext, bar: TopBar) -> None:
 
     bar.vae.input(change_vae, inputs=[bar.vae], outputs=[bar.status], concurrency_limit=None)
 
-    def change_clip_skip(value: float) -> None:
-        ctx.settings.update({"CLIP_stop_at_last_layers": int(value)})
+    def change_clip_skip(value: float | None) -> None:
+        if value is not None and 1 <= value <= 12:
+            ctx.settings.update({"CLIP_stop_at_last_layers": int(value)})
 
-    bar.clip_skip.release(change_clip_skip, inputs=[bar.clip_skip], show_progress="hidden")
+    bar.clip_skip.input(change_clip_skip, inputs=[bar.clip_skip], show_progress="hidden", trigger_mode="always_last")
 
 
 def switch_checkpoint(ctx: UiContext, title: str | None) -> tuple[str, int | None]:
