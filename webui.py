@@ -36,7 +36,7 @@ def create_app(args, manager, paths, settings=None):
         from modules.ui import build_ui
 
         app = gr.mount_gradio_app(app, build_ui(service), path="/")
-    app.add_middleware(HttpGuard, config=guard_config(args))
+    app.add_middleware(HttpGuard, config=guard_config(args), routes=app.router.routes)
     install_test_faults(service)
     return app
 

@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -42,6 +42,9 @@ Send = Callable[[dict], Awaitable[None]]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 API_PREFIXES = ("/sdapi/", "/docs", "/openapi.json")
+# The API's schema and its documentation page, public as in AUTOMATIC1111: the shape of the API is
+# no secret, and clients read it before they log in.
+PUBLIC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
 FILE_ROUTE_PREFIXES = ("/file=", "/file/", "/gradio_api/file", "/gradio_api/file=")
 _DRIVE_LETTER = re.compile(r"(^|[=/])[A-Za-z]:")
 _TRAVERSAL_IN_QUERY = re.compile(r"\.\.[/\\]|[/\\]\.\.|^\.\.$|=\.\.(&|$)")
@@ -170,9 +173,10 @@ def _is_loopback(client: str) -> bool:
 class HttpGuard:
     """ASGI middleware applying GuardConfig to every HTTP and WebSocket request."""
 
-    def __init__(self, app, config: GuardConfig):
+    def __init__(self, app, config: GuardConfig, routes: Sequence | None = None):
         self.app = app
         self.config = config
+        self.routes = routes  # the app's routes, to tell unknown paths (a 404 either way) from real ones
         self.limiter = LoginLimiter(config.max_failed_logins, config.failed_login_window_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -251,9 +255,15 @@ class HttpGuard:
             return None
         return Refusal(403, "state-changing API requests take a JSON body (Content-Type: application/json)")
 
+    def _no_such_route(self, scope: Scope) -> bool:
+        """Nothing would answer this path but a 404 (with the UI mounted at `/`, every path has a route)."""
+        from starlette.routing import Match
+
+        return self.routes is not None and all(route.matches(scope)[0] == Match.NONE for route in self.routes)
+
     def _check_login(self, scope: Scope, headers: dict[str, str]) -> Refusal | None:
         credentials = self.config.credentials_for(scope["path"])
-        if not credentials:
+        if not credentials or scope["path"] in PUBLIC_PATHS or self._no_such_route(scope):
             return None
         client = (scope.get("client") or ("unknown", 0))[0]
         limited = self.config.limit_loopback_logins or not _is_loopback(client)
