@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
-
 import gradio as gr
 
 from modules.generation_service import GenerationService
@@ -99,13 +97,3 @@ def wire(ctx: UiContext, demo: gr.Blocks, bar: top_bar.TopBar, targets: Targets,
     js = theme_js(getattr(ctx.args, "theme", None))
     demo.load(None, js=f"() => {{ ({PAGE_JS})(); {f'({js})();' if js else ''} }}")
 
-
-def mount_options(args: argparse.Namespace | None) -> dict[str, Any]:
-    """Keyword arguments for gr.mount_gradio_app: the login (--gradio-auth user:pass[,user:pass])."""
-    if args is None or not getattr(args, "gradio_auth", None):
-        return {}
-    from modules.api.auth import credentials_match, parse_credentials
-
-    credentials = parse_credentials(args.gradio_auth)
-    return {"auth": lambda user, password: credentials_match(credentials, user, password),
-            "auth_message": "Log in to the Stable Diffusion web UI"}

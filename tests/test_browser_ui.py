@@ -72,6 +72,7 @@ def test_sampler_size_and_seed_changes_show_in_parameters(page):
     info = wait_for_info(page, "txt2img", "Seed: 1234")
     assert "Sampler: DPM++ 2M, Schedule type: Karras" in info
     assert "Size: 64x96" in info and "Steps: 6," in info
+    page.wait_for_function("document.querySelector('#txt2img_gallery img')?.naturalWidth > 0")
     image = page.locator("#txt2img_gallery img").first
     assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [64, 96]
     save_artifact(page, "sampler_size_seed")

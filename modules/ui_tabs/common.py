@@ -7,7 +7,7 @@ and builds a typed request from it; nothing depends on the order of a component 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,7 +93,3 @@ def default_size(manager: ModelManager) -> int:
     except NoCheckpointError:
         return 512
 
-
-def choice_or_first(current: str | None, choices: Iterable[str]) -> str | None:
-    choices = list(choices)
-    return current if current in choices else (choices[0] if choices else None)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from modules.generation_request import Img2ImgRequest
 from modules.ui_tabs import params
-from modules.ui_tabs.common import Fields, UiContext, default_size
+from modules.ui_tabs.common import USER_ERRORS, Fields, UiContext, default_size, user_error
 from modules.ui_tabs.generation import notes_of, results_of
 from modules.ui_tabs.progress import ActiveJobs, ProgressArea, build_progress_area, stream_job, wire_controls
 from modules.ui_tabs.prompt_area import PromptArea, build_prompt_area
@@ -178,7 +178,10 @@ def wire_img2img(ctx: UiContext, active: ActiveJobs, tab: Img2ImgTab) -> None:
                tab.results.download, tab.results.notes]
 
     def run(values: dict, request: gr.Request):
-        built = request_from(tab, values)  # a missing image is reported before anything is queued
+        try:
+            built = request_from(tab, values)  # a missing image is reported before anything is queued
+        except USER_ERRORS as e:
+            raise user_error(e) from None
 
         def finish(generated):
             return show(tab.results, results_of(generated), notes_of(generated)), notes_of(generated)

@@ -6,8 +6,6 @@ AUTOMATIC1111's (`txt2img_steps`, `img2img_cfg_scale`, ...), so its users' scrip
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import gradio as gr
 
 from modules import upscalers
@@ -17,13 +15,6 @@ from modules.sampling.schedules import schedule_labels
 from modules.ui_tabs.common import Fields, UiContext
 
 DEFAULTS = Txt2ImgRequest()
-
-
-@dataclass
-class SeedTools:
-    random: gr.Button
-    reuse: gr.Button
-    swap_size: gr.Button
 
 
 def _limits(name: str) -> tuple[float, float]:

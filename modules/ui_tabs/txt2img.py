@@ -65,7 +65,7 @@ def wire_txt2img(ctx: UiContext, active: ActiveJobs, tab: Txt2ImgTab) -> None:
     def run(values: dict, request: gr.Request):
         grid_mode = bool(values.get(mj.mode))
 
-        def submit():
+        def submit():  # a bad value raises here, before anything is queued, and becomes a message
             return ctx.service.submit(request_from(tab, values))
 
         def finish(generated):
