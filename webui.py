@@ -35,10 +35,18 @@ def create_app(args, manager, paths, settings=None):
 
         from modules.ui import build_ui
 
-        app = gr.mount_gradio_app(app, build_ui(service), path="/")
+        app = gr.mount_gradio_app(app, build_ui(service, args), path="/")
     app.add_middleware(HttpGuard, config=guard_config(args), routes=app.router.routes)
     install_test_faults(service)
     return app
+
+
+def _open_browser_soon(url: str) -> None:
+    """--autolaunch: the system browser, a moment after the server has started listening."""
+    import threading
+    import webbrowser
+
+    threading.Timer(1.5, webbrowser.open, [url]).start()
 
 
 def _split_list(value: str | None) -> list[str]:
@@ -146,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     _preload(app.state.service)
     host = args.server_name or ("0.0.0.0" if args.listen else "127.0.0.1")
     print(f"Running on local URL:  http://{host}:{args.port}", flush=True)
+    if args.autolaunch and not args.nowebui:
+        _open_browser_soon(f"http://127.0.0.1:{args.port}")
     uvicorn.run(app, host=host, port=args.port, log_level="warning")
 
 

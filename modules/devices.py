@@ -35,3 +35,17 @@ class DevicePolicy:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
         return f"{name} ({self.device}), UNet {str(self.unet_dtype).removeprefix('torch.')}, " \
                f"VAE {str(self.vae_dtype).removeprefix('torch.')}"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()[:200])
+
+
+def free_device_memory() -> None:
+    """Give cached device memory back after an out-of-memory failure, so the next job starts clean."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

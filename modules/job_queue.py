@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from modules.devices import free_device_memory, is_out_of_memory
 from modules.sampling.samplers import SamplingInterrupted
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,8 @@ class JobQueue:
                     log.exception("Job %s (%s) failed", job.id, job.kind)
                 job.error = e
                 job.state = JobState.FAILED
+                if is_out_of_memory(e):
+                    free_device_memory()  # whoever submitted it, the next job starts with the memory back
             finally:
                 job.progress.latest_latent = None
                 job.finished_at = time.time()

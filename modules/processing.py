@@ -252,6 +252,12 @@ def restore_faces(images: list[Image.Image], request: Txt2ImgRequest, resources:
     return restored
 
 
+def _unless_interrupted(save: SaveOptions | None, resources: Resources) -> SaveOptions | None:
+    """Incomplete images are returned but not saved (AUTOMATIC1111's "Save incomplete images" is off
+    by default): an interrupted job leaves no half-denoised file in outputs/."""
+    return None if resources.is_interrupted() else save
+
+
 def _collect(result: GenerationResult, model, request, kind: str, save: SaveOptions | None,
              images: list[Image.Image], seeds: list[int], infotexts: list[str]) -> None:
     for number, (image, seed, infotext) in enumerate(zip(images, seeds, infotexts)):
@@ -352,8 +358,8 @@ def _txt2img(model: StableDiffusionModel, request: Txt2ImgRequest, stripped: Txt
         images = restore_faces(decode_latents(model, latents), request, resources, result, extra)
         infotexts = [build_infotext(model, request, seed, subseed, width, height, extra)
                      for seed, subseed in zip(seeds, subseeds)]
-        _collect(result, model, request, "txt2img", save, images, seeds, infotexts)
-    _save_grid(result, model, request, "txt2img", save)
+        _collect(result, model, request, "txt2img", _unless_interrupted(save, resources), images, seeds, infotexts)
+    _save_grid(result, model, request, "txt2img", _unless_interrupted(save, resources))
 
 
 # ---- img2img and inpainting -------------------------------------------------------------------
@@ -473,5 +479,5 @@ def _img2img(model: StableDiffusionModel, request: Img2ImgRequest, stripped: Img
         images = restore_faces(images, request, resources, result, extra)
         infotexts = [build_infotext(model, request, seed, subseed, images[0].width, images[0].height, extra)
                      for seed, subseed in zip(seeds, subseeds)]
-        _collect(result, model, request, "img2img", save, images, seeds, infotexts)
-    _save_grid(result, model, request, "img2img", save)
+        _collect(result, model, request, "img2img", _unless_interrupted(save, resources), images, seeds, infotexts)
+    _save_grid(result, model, request, "img2img", _unless_interrupted(save, resources))

@@ -39,6 +39,8 @@ class Settings(BaseModel):
     return_grid: bool = True  # a grid of a multi-image batch comes first in API `images`
     live_previews_enable: bool = True
     show_progress_every_n_steps: int = Field(1, ge=-1, le=1000)
+    # "Approx cheap" maps latents to RGB linearly (no VAE call); "Full" decodes with the model's VAE.
+    show_progress_type: Literal["Approx cheap", "Full"] = "Approx cheap"
     face_restoration_model: str = "CodeFormer"
     code_former_weight: float = Field(0.5, ge=0.0, le=1.0)
     interrupt_after_current: bool = False

@@ -30,6 +30,7 @@ from modules.api.models import (EmbeddingsResponse, ExtrasBatchImagesRequest, Ex
                                 PromptStyleItem, SamplerItem, SchedulerItem, ScriptsList, SDModelItem,
                                 SDVaeItem, Txt2ImgApiRequest, UpscalerItem)
 from modules.api.progress import progress_of
+from modules.devices import is_out_of_memory
 from modules.generation_service import GenerationService
 from modules.image_saving import read_parameters
 from modules.infotext import parse_generation_parameters
@@ -89,8 +90,7 @@ def http_error(error: BaseException, checkpoint_field: tuple = ("override_settin
         return HTTPException(409, "the job was interrupted")
     if isinstance(error, (NoCheckpointError, ModelFileError)):
         return HTTPException(503, str(error))
-    if _is_out_of_memory(error):
-        free_device_memory()
+    if is_out_of_memory(error):
         return HTTPException(503, "the device ran out of memory for this job; try a smaller size or batch "
                                   "(the server keeps running)")
     if isinstance(error, NonFiniteImageError):
@@ -99,24 +99,6 @@ def http_error(error: BaseException, checkpoint_field: tuple = ("override_settin
         return _unprocessable((), str(error))
     log.error("API request failed: %r", error)
     return HTTPException(500, f"internal error ({type(error).__name__}); see the server log")
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()[:200] and \
-        isinstance(error, RuntimeError)
-
-
-def free_device_memory() -> None:
-    """Give cached device memory back after an out-of-memory failure, so the next job starts clean."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 async def wait_for(job: Job) -> Any:
