@@ -307,7 +307,7 @@ def bench_case(case: Case, report: Report, work: Path, args) -> None:
             report.add(case=case.name, what=f"ours cuda-graphs batch {batch}", images_per_s=round(batch / median(times), 2),
                        first_s=round(first, 2), **row)
 
-    for compiled in (False, True) if device.type == "cuda" and not (case.family == "sdxl" and args.skip_sdxl_compile) \
+    for compiled in (False, True) if device.type == "cuda" and (case.family != "sdxl" or args.sdxl_compile) \
             else (False,):
         label = "stock compiled e2e" if compiled else "stock eager e2e"
         try:
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default="sd15,sdxl")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--batches", default="8,16")
-    parser.add_argument("--skip-sdxl-compile", action="store_true", default=True)
+    parser.add_argument("--sdxl-compile", action="store_true", help="also stock compiled SDXL (minutes of compile)")
     parser.add_argument("--stock-batch16", action="store_true", help="also stock compiled at batch 16 (recompiles)")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU, to check the script")
     args = parser.parse_args(argv)

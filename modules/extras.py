@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from modules import upscalers
-from modules.face_restoration import FaceRestorers
+from modules.face_restoration import FaceRestorers, not_installed_note
 from modules.upscaler_models import UpscalerRegistry
 
 RESIZE_BY, RESIZE_TO = 0, 1
@@ -88,7 +88,7 @@ def _restore_faces(image: Image.Image, settings: ExtrasSettings, restorers: Face
         if visibility <= 0:
             continue
         if restorers is None or name not in restorers.names():
-            notes.append(f"{name} is not installed: put its .pth in models/{'GFPGAN' if name == 'GFPGAN' else 'Codeformer'}")
+            notes.append(not_installed_note(name))
             continue
         restored = restorers.restore(image, name, visibility=visibility, codeformer_weight=settings.codeformer_weight)
         image = restored.image
@@ -103,7 +103,7 @@ def run_extras(image: Image.Image, settings: ExtrasSettings, upscaler_models: Up
                check_interrupt: Callable[[], None] | None = None) -> ExtrasResult:
     """Post-process one image. Raises ValueError (upscalers.UnknownUpscalerError) naming a bad setting."""
     for name in (settings.upscaler_1, settings.upscaler_2):
-        _check_upscaler_name(name, upscaler_models)
+        upscalers.check_pixel_upscaler(name, upscaler_models, with_latent_modes=False)
     info: dict[str, object] = {}
     notes: list[str] = []
     wants_upscale = settings.upscaler_1 != "None"  # as in AUTOMATIC1111: no first upscaler, no resize
@@ -120,9 +120,3 @@ def run_extras(image: Image.Image, settings: ExtrasSettings, upscaler_models: Up
         result = step(result)
     return ExtrasResult(result, ", ".join(f"{k}: {v}" for k, v in info.items()), notes)
 
-
-def _check_upscaler_name(name: str, models: UpscalerRegistry | None) -> None:
-    if name in upscalers.PIXEL_RESAMPLERS or (models is not None and models.find(name) is not None):
-        return
-    choices = [*upscalers.PIXEL_RESAMPLERS, *(models.names() if models is not None else [])]
-    raise upscalers.UnknownUpscalerError(f"unknown upscaler {name!r}; choose one of: {', '.join(choices)}")

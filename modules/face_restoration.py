@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from modules import spandrel_models
+from modules.spandrel_models import UnsupportedFile
 
 FACE_SIZE = 512
 MIN_FACE_SIZE = 32  # smaller faces carry too little detail to restore; they are skipped with a note
@@ -28,6 +29,14 @@ DEFAULT_CODEFORMER_WEIGHT = 0.5  # AUTOMATIC1111's code_former_weight
 
 # spandrel architecture id -> the name AUTOMATIC1111 shows for that restorer.
 RESTORER_NAMES = {"GFPGAN": "GFPGAN", "CodeFormer": "CodeFormer"}
+# The folder AUTOMATIC1111 keeps each restorer's files in, under models/.
+RESTORER_FOLDERS = {"GFPGAN": "GFPGAN", "CodeFormer": "Codeformer"}
+
+
+def not_installed_note(name: str) -> str:
+    return f"{name} is not installed: put its .pth in models/{RESTORER_FOLDERS.get(name, name)}"
+
+
 # When several files hold the same architecture, the official release files win, in this order.
 PREFERRED_STEMS = {
     "GFPGAN": ("gfpganv1.4", "gfpganv1.3", "gfpganv1.2", "gfpgancleanv1-noce-c2"),
@@ -51,11 +60,6 @@ BOX_EYES = np.array([[0.28, 0.385], [0.72, 0.385]], dtype=np.float32)
 DETECT_MAX_SIDE = 1024  # the cascade runs on a copy no larger than this: big images cost seconds
 MIN_CASCADE_AGREEMENT = 0.4  # overlap (IoU) at which the two face cascades are taken to agree
 EYE_ROI_WIDTH = 160  # face crops are resized to this before looking for eyes, so eye sizes are stable
-
-
-class UnsupportedFile(NamedTuple):
-    path: Path
-    reason: str
 
 
 @dataclass(frozen=True)

@@ -239,7 +239,9 @@ def restore_faces(images: list[Image.Image], request: Txt2ImgRequest, resources:
     name = resources.face_restoration_model
     restorers = resources.face_restorers
     if restorers is None or name not in restorers.names():
-        warning = f"Face restoration skipped: no {name} model in models/{'Codeformer' if name == 'CodeFormer' else name}"
+        from modules.face_restoration import not_installed_note
+
+        warning = f"Face restoration skipped: {not_installed_note(name)}"
         if warning not in result.warnings:
             result.warnings.append(warning)
         return images

@@ -13,6 +13,7 @@ import functools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -23,6 +24,13 @@ MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 
 class UnsupportedModelError(safe_load.ModelFileError):
     pass
+
+
+class UnsupportedFile(NamedTuple):
+    """A file in a model folder that is skipped, and why (shown to users beside the list)."""
+
+    path: Path
+    reason: str
 
 
 @dataclass(frozen=True)

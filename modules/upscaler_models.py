@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from modules import spandrel_models
-from modules.spandrel_models import ModelFacts
+from modules.spandrel_models import ModelFacts, UnsupportedFile
 
 MAX_PASSES = 3
 # Purposes spandrel gives image-to-image networks that enlarge or clean up a whole picture (1x
@@ -47,12 +47,6 @@ class UpscalerFile:
 
 
 @dataclass(frozen=True)
-class UnsupportedUpscaler:
-    path: Path
-    reason: str
-
-
-@dataclass(frozen=True)
 class TileSettings:
     tile: int = 192  # AUTOMATIC1111's ESRGAN_tile
     overlap: int = 8  # ESRGAN_tile_overlap
@@ -67,17 +61,17 @@ def why_not_an_upscaler(facts: ModelFacts) -> str | None:
 
 
 def discover(folders: dict[str, list[Path]], cache: spandrel_models.FactsCache | None = None,
-             ) -> tuple[list[UpscalerFile], list[UnsupportedUpscaler]]:
+             ) -> tuple[list[UpscalerFile], list[UnsupportedFile]]:
     """The upscalers in the folders (one per name, the first found), and the files skipped with why."""
     cache = cache or spandrel_models.FactsCache()
     found: dict[str, UpscalerFile] = {}
-    unsupported: list[UnsupportedUpscaler] = []
+    unsupported: list[UnsupportedFile] = []
     for kind, paths in folders.items():
         for path in spandrel_models.candidate_files(paths):
             facts = cache.facts(path)
             reason = str(facts) if isinstance(facts, Exception) else why_not_an_upscaler(facts)
             if reason is not None:
-                unsupported.append(UnsupportedUpscaler(path, reason))
+                unsupported.append(UnsupportedFile(path, reason))
                 continue
             title = REALESRGAN_TITLES.get(path.stem, path.stem)
             found.setdefault(title, UpscalerFile(title, path, kind, facts.architecture, facts.scale))

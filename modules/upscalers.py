@@ -40,9 +40,16 @@ def upscale_image(image: Image.Image, name: str, width: int, height: int, models
                   check_interrupt: Callable[[], None] | None = None) -> Image.Image:
     """Resize with a built-in resampler ("None" still resizes, with Lanczos, as AUTOMATIC1111 does)
     or with a model upscaler from `models` (an UpscalerRegistry)."""
+    check_pixel_upscaler(name, models)
     if name in PIXEL_RESAMPLERS:
         return image.resize((width, height), PIXEL_RESAMPLERS[name] or Image.Resampling.LANCZOS)
-    if models is not None and models.find(name) is not None:
-        return models.upscale(image, name, width, height, check_interrupt)
-    choices = [*LATENT_MODES, *PIXEL_RESAMPLERS, *(models.names() if models is not None else [])]
+    return models.upscale(image, name, width, height, check_interrupt)
+
+
+def check_pixel_upscaler(name: str, models=None, with_latent_modes: bool = True) -> None:
+    """UnknownUpscalerError listing the choices unless `name` is a resampler or one of `models`."""
+    if name in PIXEL_RESAMPLERS or (models is not None and models.find(name) is not None):
+        return
+    choices = [*(LATENT_MODES if with_latent_modes else ()), *PIXEL_RESAMPLERS,
+               *(models.names() if models is not None else [])]
     raise UnknownUpscalerError(f"unknown upscaler {name!r}; choose one of: {', '.join(choices)}")
