@@ -291,13 +291,13 @@ def bench_case(case: Case, report: Report, work: Path, args) -> None:
     report.add(case=case.name, what="ours eager unet it/s", value=round(unet_steps_per_second(model, case), 2))
 
     if device.type == "cuda":
-        model.policy = dataclasses.replace(model.policy, cuda_graphs=True)
+        model.set_policy(dataclasses.replace(model.policy, cuda_graphs=True))
         row = {}
         with peak_memory(row):
             first, times = timed(run_ours(model, case, outputs), args.runs)
         graphed_image = run_ours(model, case, outputs)(7).images[0]
         report.add(case=case.name, what="ours cuda-graphs e2e", first_s=round(first, 3), median_s=median(times),
-                   capture_s=[round(s, 2) for s in model._graphs.capture_seconds],
+                   capture_s=[round(s, 2) for s in model._runners["UNet"].capture_seconds],
                    mean_abs_diff_vs_eager=round(compare_images(eager_image, graphed_image), 4), **row)
         report.add(case=case.name, what="ours cuda-graphs unet it/s", value=round(unet_steps_per_second(model, case), 2))
         for batch in args.batches if case.family == "sd1" else ():

@@ -72,10 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32 on the GPU")
     device.add_argument("--precision", choices=("full", "half", "autocast"), default="autocast",
                         help="compute precision (full = float32 everywhere)")
-    device.add_argument("--medvram", action="store_true", help="keep only the active model part on the GPU")
-    device.add_argument("--lowvram", action="store_true", help="move model blocks to the GPU one at a time")
+    device.add_argument("--medvram", action="store_true",
+                        help="keep only the model part in use (text encoder, UNet or VAE) on the GPU")
+    device.add_argument("--lowvram", action="store_true",
+                        help="stream the UNet's layers to the GPU as they run (SDXL in under 4 GiB; slower)")
     device.add_argument("--cuda-graphs", action="store_true",
-                        help="replay the UNet from captured CUDA graphs (faster at small batches; about 1 s per new shape)")
+                        help="replay the UNet, VAE decoder and text encoders from captured CUDA graphs "
+                             "(faster at small batches; about 1 s per new shape)")
+    device.add_argument("--compile", action="store_true",
+                        help="compile the UNet and VAE decoder with torch.compile for each new image size, in the "
+                             "background (about a minute the first time, seconds from the cache); implies --cuda-graphs")
     device.add_argument("--skip-torch-cuda-test", action="store_true",
                         help="start even when torch cannot use a GPU (runs on the CPU)")
 

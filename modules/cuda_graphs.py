@@ -1,10 +1,14 @@
-"""CUDA-graph replay of the UNet for static shapes (`--cuda-graphs`).
+"""CUDA-graph replay of the UNet, VAE decoder and text encoders for static shapes (`--cuda-graphs`).
 
 At batch 1 a Stable Diffusion step on a fast GPU is bound by the host launching about a thousand
 kernels, not by the GPU running them. A captured graph launches them all at once. Each distinct set
 of input shapes (batch, size, prompt length) is captured once, after a short warm-up on a side
 stream, in about a second; later calls copy their inputs into the graph's static buffers and replay.
-Weights are read by address, so LoRA patches (applied in place) are seen by the graph.
+Weights are read by address, so LoRA patches (applied in place) are seen by the graph; anything
+that replaces a module's tensors (a dtype change) must `clear()` the runner.
+
+With `--compile`, `WarmingRunner` serves each new shape from the plain graph while Inductor compiles
+that shape on a background thread, then switches to a graph of the compiled code.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,7 +31,7 @@ ShapeKey = tuple[tuple[str, tuple[int, ...] | None, torch.dtype | None], ...]
 class _Captured:
     graph: torch.cuda.CUDAGraph
     inputs: dict[str, torch.Tensor | None]
-    output: torch.Tensor
+    output: torch.Tensor | tuple[torch.Tensor | None, ...]
 
 
 def shape_key(tensors: dict[str, torch.Tensor | None]) -> ShapeKey:
@@ -35,8 +39,14 @@ def shape_key(tensors: dict[str, torch.Tensor | None]) -> ShapeKey:
                  for name, t in sorted(tensors.items()))
 
 
+def _clone(output):
+    if isinstance(output, tuple):
+        return tuple(None if t is None else t.clone() for t in output)
+    return output.clone()
+
+
 class CudaGraphRunner:
-    """Calls `fn(**tensors) -> tensor` through a captured graph per input shape."""
+    """Calls `fn(**tensors) -> tensor or tuple of tensors` through a captured graph per input shape."""
 
     def __init__(self, fn: Callable[..., torch.Tensor], max_graphs: int = MAX_GRAPHS):
         self.fn = fn
@@ -45,7 +55,7 @@ class CudaGraphRunner:
         self._lock = threading.Lock()
         self.capture_seconds: list[float] = []  # one entry per capture, for the benchmark and logs
 
-    def __call__(self, **tensors: torch.Tensor | None) -> torch.Tensor:
+    def __call__(self, **tensors: torch.Tensor | None):
         key = shape_key(tensors)
         with self._lock:
             captured = self._graphs.get(key)
@@ -60,7 +70,7 @@ class CudaGraphRunner:
                     captured.inputs[name].copy_(value, non_blocking=True)
             captured.graph.replay()
             # The output buffer is overwritten by the next replay: hand out a copy.
-            return captured.output.clone()
+            return _clone(captured.output)
 
     def _capture(self, tensors: dict[str, torch.Tensor | None]) -> _Captured:
         started = time.perf_counter()
@@ -78,6 +88,75 @@ class CudaGraphRunner:
         self.capture_seconds.append(time.perf_counter() - started)
         return _Captured(graph, inputs, output)
 
+    def forget(self, key: ShapeKey) -> None:
+        with self._lock:
+            self._graphs.pop(key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._graphs.clear()
+
+
+@dataclass
+class WarmUp:
+    """What a background compilation is doing, for logs, the UI and the API."""
+
+    label: str
+    started: float = field(default_factory=time.perf_counter)
+    finished: float | None = None
+    error: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.perf_counter()) - self.started
+
+
+class WarmingRunner:
+    """Runs `plain` through graphs until `compiled` has been compiled for the input shapes, then
+    `compiled` through graphs. Compilation of a new shape starts on a background thread the first
+    time the shape is seen, so no call ever waits for the compiler."""
+
+    def __init__(self, plain: Callable[..., torch.Tensor], compiled: Callable[..., torch.Tensor], label: str,
+                 on_change: Callable[[], None] = lambda: None):
+        self.plain = CudaGraphRunner(plain)
+        self.fast = CudaGraphRunner(compiled)
+        self.compiled = compiled
+        self.label = label
+        self.on_change = on_change
+        self.warmups: dict[ShapeKey, WarmUp] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, **tensors: torch.Tensor | None):
+        key = shape_key(tensors)
+        with self._lock:
+            warmup = self.warmups.get(key)
+            if warmup is None:
+                self.warmups[key] = warmup = WarmUp(self._describe(tensors))
+                examples = {name: None if t is None else t.detach().clone() for name, t in tensors.items()}
+                threading.Thread(target=self._compile, args=(key, warmup, examples), daemon=True,
+                                 name=f"compile-{self.label}").start()
+        if warmup.finished is not None and warmup.error is None:
+            self.plain.forget(key)  # its graph's memory is not needed any more
+            return self.fast(**tensors)
+        return self.plain(**tensors)
+
+    def _describe(self, tensors: dict[str, torch.Tensor | None]) -> str:
+        first = next(t for t in tensors.values() if t is not None)
+        return f"{self.label} {'x'.join(str(d) for d in first.shape)}"
+
+    def _compile(self, key: ShapeKey, warmup: WarmUp, examples: dict[str, torch.Tensor | None]) -> None:
+        self.on_change()
+        try:
+            side = torch.cuda.Stream()
+            with torch.no_grad(), torch.cuda.stream(side):
+                for _ in range(WARMUP_CALLS):
+                    self.compiled(**examples)
+            side.synchronize()
+        except Exception as e:  # noqa: BLE001 - a shape the compiler cannot handle stays on the plain path
+            warmup.error = f"{type(e).__name__}: {e}"[:300]
+        warmup.finished = time.perf_counter()
+        self.on_change()
+
+    def clear(self) -> None:
+        self.plain.clear()
+        self.fast.clear()

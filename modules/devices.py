@@ -14,7 +14,14 @@ class DevicePolicy:
     unet_dtype: torch.dtype
     vae_dtype: torch.dtype
     text_encoder_dtype: torch.dtype
-    cuda_graphs: bool = False  # replay the UNet from captured CUDA graphs (modules/cuda_graphs.py)
+    cuda_graphs: bool = False  # replay the UNet, VAE decoder and text encoders from CUDA graphs
+    compile: bool = False  # also compile them with Inductor, in the background (modules/acceleration.py)
+    memory_mode: str = "normal"  # "normal" | "medvram" | "lowvram" (modules/memory_modes.py)
+
+    @property
+    def replays_graphs(self) -> bool:
+        """Graphs hold fixed weight addresses, so they cannot be used while weights move between devices."""
+        return self.device.type == "cuda" and (self.cuda_graphs or self.compile) and self.memory_mode == "normal"
 
     @classmethod
     def cpu(cls) -> "DevicePolicy":
@@ -29,12 +36,17 @@ class DevicePolicy:
         full = args.no_half or args.precision == "full"
         half = torch.float32 if full else torch.float16
         vae = torch.float32 if full or args.no_half_vae else torch.float16
-        return cls(torch.device("cuda", index), half, vae, half, cuda_graphs=getattr(args, "cuda_graphs", False))
+        memory_mode = "lowvram" if getattr(args, "lowvram", False) else \
+            "medvram" if getattr(args, "medvram", False) else "normal"
+        return cls(torch.device("cuda", index), half, vae, half, cuda_graphs=getattr(args, "cuda_graphs", False),
+                   compile=getattr(args, "compile", False), memory_mode=memory_mode)
 
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
+        extras = [flag for flag, on in (("CUDA graphs", self.cuda_graphs), ("compiled", self.compile),
+                                        (self.memory_mode, self.memory_mode != "normal")) if on]
         return f"{name} ({self.device}), UNet {str(self.unet_dtype).removeprefix('torch.')}, " \
-               f"VAE {str(self.vae_dtype).removeprefix('torch.')}"
+               f"VAE {str(self.vae_dtype).removeprefix('torch.')}" + "".join(f", {e}" for e in extras)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
+
+from modules import png_encoding
 
 _NUMBERED = re.compile(r"^(\d+)")
 _INVALID_FILENAME_CHARS = '#<>:"/\\|?*\n\r\t'
@@ -131,18 +133,6 @@ def _next_number(folder: Path) -> int:
     return highest + 1
 
 
-def png_info(infotext: str | None) -> PngImagePlugin.PngInfo | None:
-    if not infotext:
-        return None
-    info = PngImagePlugin.PngInfo()
-    try:
-        infotext.encode("latin-1")
-        info.add_text("parameters", infotext)
-    except UnicodeEncodeError:
-        info.add_itxt("parameters", infotext)
-    return info
-
-
 def _exif_with_comment(infotext: str) -> Image.Exif:
     # EXIF UserComment with the UNICODE character code, as piexif's UserComment.dump writes it.
     exif = Image.Exif()
@@ -152,7 +142,7 @@ def _exif_with_comment(infotext: str) -> Image.Exif:
 
 def _encode(image: Image.Image, handle, image_format: ImageFormat, infotext: str | None, options: SaveOptions) -> None:
     if image_format == "png":
-        image.save(handle, format="PNG", pnginfo=png_info(infotext))
+        handle.write(png_encoding.encode_png(image, infotext))
         return
     exif = _exif_with_comment(infotext) if infotext else None
     kwargs = {"exif": exif} if exif is not None else {}

@@ -124,14 +124,16 @@ class NonFiniteImageError(RuntimeError):
 
 def _vae_decode(model: StableDiffusionModel, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     scaled = (latents / model.scale_factor).to(model.policy.device, dtype)
-    return model.vae.decode(scaled, return_dict=False)[0].float()
+    return model.vae_decode(scaled)
 
 
 def _decode_in_float32(model: StableDiffusionModel, latents: torch.Tensor) -> torch.Tensor:
     """Half-precision VAEs overflow to NaN on some latents; float32 decodes them (then the VAE goes back)."""
     model.vae.to(torch.float32)
+    model.forget_compiled_state("VAE decoder")  # its graphs point at the half-precision weights
     try:
-        return _vae_decode(model, latents, torch.float32)
+        scaled = (latents / model.scale_factor).to(model.policy.device, torch.float32)
+        return model.vae.decode(scaled, return_dict=False)[0].float()
     finally:
         model.vae.to(model.policy.vae_dtype)
 

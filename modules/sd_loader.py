@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from modules import ldm_layout, safe_load
+from modules import ldm_layout, memory_modes, safe_load
 from modules.checkpoints import CheckpointInfo
 from modules.devices import DevicePolicy
 from modules.ldm_config import ComponentConfigs, TextEncoderConfig, build_component_configs, load_ldm_yaml
@@ -63,16 +63,19 @@ def load_checkpoint(info: CheckpointInfo, policy: DevicePolicy, vae_path: Path |
     except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointLoadError(f"{path}: weights do not fit the {configs.family.value} architecture "
                                   f"({_short(e)})") from e
+    # In the low-memory modes weights start in CPU memory and visit the GPU when they run.
+    home = policy.device if policy.memory_mode == "normal" else torch.device("cpu")
     for encoder in encoders:
-        encoder.model.to(policy.device, policy.text_encoder_dtype).eval()
+        encoder.model.to(home, policy.text_encoder_dtype).eval()
+        encoder.device = policy.device
 
     spec = FAMILIES[configs.family]
     model = StableDiffusionModel(
         checkpoint=info,
         family=configs.family.value,
         prediction=configs.prediction_type,
-        unet=_to(unet, policy.device, policy.unet_dtype),
-        vae=_to(vae, policy.device, policy.vae_dtype),
+        unet=_to(unet, home, policy.unet_dtype),
+        vae=_to(vae, home, policy.vae_dtype),
         text_encoders=encoders,
         schedule=DiscreteSchedule(scaled_linear_alphas_cumprod(
             configs.scheduler["beta_start"], configs.scheduler["beta_end"], configs.scheduler["num_train_timesteps"])),
@@ -81,6 +84,7 @@ def load_checkpoint(info: CheckpointInfo, policy: DevicePolicy, vae_path: Path |
         policy=policy,
         vae_name=vae_path.name if vae_path else None,
     )
+    memory_modes.apply(model, policy.memory_mode)
     if sidecar is None and spec.needs_prediction_probe:
         model.prediction = probe_prediction(model)
         model.native_size = spec.native_image_size(model.prediction)

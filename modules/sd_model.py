@@ -18,6 +18,26 @@ class TextEncoder:
     tokenizer: object
     output_layer: str = "last"  # "last" | "penultimate": the layer the UNet was trained on
     final_layer_norm: bool = True  # whether that layer's output goes through the final norm
+    device: torch.device | None = None  # where it runs (its weights may be elsewhere in the low-memory modes)
+    replays_graphs: bool = False  # run through CUDA graphs (set from the device policy)
+    _runners: dict = field(default_factory=dict, repr=False)
+
+    def hidden_states(self, input_ids: torch.Tensor, depth: int,
+                      replay: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(hidden states `depth` layers from the end, projected pooled output or None); through a CUDA
+        graph when the policy allows and `replay` is true."""
+        def run(input_ids: torch.Tensor):
+            out = self.model(input_ids=input_ids, output_hidden_states=True)
+            return out.hidden_states[-min(depth, len(out.hidden_states) - 1)], getattr(out, "text_embeds", None)
+
+        if not (replay and self.replays_graphs and input_ids.is_cuda):
+            return run(input_ids)
+        runner = self._runners.get(depth)
+        if runner is None:
+            from modules.cuda_graphs import CudaGraphRunner
+
+            runner = self._runners[depth] = CudaGraphRunner(run)
+        return runner(input_ids=input_ids)
 
 
 @dataclass
@@ -34,7 +54,23 @@ class StableDiffusionModel:
     policy: DevicePolicy
     vae_name: str | None = None  # file name of an external VAE, None for the checkpoint's own
     notes: list[str] = field(default_factory=list)
-    _graphs: object | None = field(default=None, repr=False)  # CudaGraphRunner, made on first CUDA call
+    _runners: dict = field(default_factory=dict, repr=False)  # CudaGraphRunner / WarmingRunner per part
+
+    def __post_init__(self) -> None:
+        self.set_policy(self.policy)
+
+    def set_policy(self, policy: DevicePolicy) -> None:
+        """Switch graphs / compilation on or off (device, dtypes and memory mode are fixed at load)."""
+        self.forget_compiled_state()
+        self.policy = policy
+        for encoder in self.text_encoders:
+            encoder.replays_graphs = policy.replays_graphs
+            encoder.device = encoder.device or policy.device
+            encoder._runners.clear()
+        # Compiled convolutions run fastest in cuDNN's NHWC layout (bench/RESULTS.md); eager ones do not.
+        layout = torch.channels_last if policy.replays_graphs and policy.compile else torch.contiguous_format
+        self.unet.to(memory_format=layout)
+        self.vae.to(memory_format=layout)
 
     @property
     def is_sdxl(self) -> bool:
@@ -62,13 +98,43 @@ class StableDiffusionModel:
         tensors = {"x": x.to(dtype), "timestep": timestep.to(x.device), "context": context.to(dtype),
                    "pooled": None if pooled is None else pooled.to(dtype),
                    "time_ids": None if time_ids is None else time_ids.to(dtype)}
-        if self.policy.cuda_graphs and x.is_cuda:
-            if self._graphs is None:
-                from modules.cuda_graphs import CudaGraphRunner
-
-                self._graphs = CudaGraphRunner(self._unet_forward)
-            return self._graphs(**tensors)
+        if self.policy.replays_graphs and x.is_cuda:
+            return self._runner("UNet", self._unet_forward)(**tensors)
         return self._unet_forward(**tensors)
+
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled-back latents (in the VAE's dtype, on its device) -> pixels in [-1, 1], float32."""
+        if self.policy.replays_graphs and latents.is_cuda:
+            return self._runner("VAE decoder", self._vae_decode)(z=latents)
+        return self._vae_decode(latents)
+
+    def forget_compiled_state(self, part: str | None = None) -> None:
+        """Drop graphs (of one part, or all) after their weights were replaced, e.g. by a dtype change."""
+        for name in [part] if part else list(self._runners):
+            runner = self._runners.pop(name, None)
+            if runner is not None:
+                runner.clear()
+
+    def warmups(self) -> list:
+        """Background compilations (cuda_graphs.WarmUp) of every part, oldest first."""
+        return [w for runner in self._runners.values() for w in getattr(runner, "warmups", {}).values()]
+
+    def _runner(self, name: str, fn):
+        runner = self._runners.get(name)
+        if runner is None:
+            from modules import cuda_graphs
+
+            if self.policy.compile:
+                from modules.acceleration import compiled_for_inference
+
+                runner = cuda_graphs.WarmingRunner(fn, compiled_for_inference(fn), name)
+            else:
+                runner = cuda_graphs.CudaGraphRunner(fn)
+            self._runners[name] = runner
+        return runner
+
+    def _vae_decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z, return_dict=False)[0].float()
 
     def _unet_forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                       pooled: torch.Tensor | None, time_ids: torch.Tensor | None) -> torch.Tensor:

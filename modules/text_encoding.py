@@ -285,20 +285,20 @@ def encode_chunk_batch(encoder: TextEncoder, chunks: Sequence[PromptChunk], clip
                        vocab: Vocabulary | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weighted hidden states (batch, 77, width) float32, pooled projection or None) of one chunk per row."""
     vocab = vocab or Vocabulary.of(encoder)
-    device = next(encoder.model.parameters()).device
+    device = encoder.device or next(encoder.model.parameters()).device
     ids = chunk_input_ids(chunks, vocab).to(device)
     key = encoder_key(encoder)
     fixes = [[(fix.position, fix.embedding.vectors_for(key)) for fix in chunk.fixes] for chunk in chunks]
     inner = text_model(encoder.model)
     with injected_vectors(inner.embeddings.token_embedding, fixes):
-        out = encoder.model(input_ids=ids, output_hidden_states=True)
-    hidden = out.hidden_states[-min(layer_depth(encoder, clip_skip), len(out.hidden_states) - 1)]
+        # A graph would bake in one prompt's embedding vectors: prompts with embeddings run eagerly.
+        hidden, pooled = encoder.hidden_states(ids, layer_depth(encoder, clip_skip), replay=not any(fixes))
     if encoder.final_layer_norm:
         hidden = inner.final_layer_norm(hidden)
     multipliers = torch.tensor([chunk.multipliers for chunk in chunks], dtype=torch.float32)
     z = apply_emphasis(hidden.float(), multipliers, emphasis)
-    pooled = getattr(out, "text_embeds", None)
     return z, (pooled.float() if pooled is not None else None)
+
 
 
 @dataclass

@@ -14,7 +14,7 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
-from modules.image_saving import png_info
+from modules import png_encoding
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4096 * 4096
@@ -67,6 +67,4 @@ def decode_image(data: str, field: str) -> Image.Image:
 
 def encode_png(image: Image.Image, infotext: str | None = None) -> str:
     """base64 PNG carrying `infotext` in its `parameters` text chunk, as AUTOMATIC1111 returns it."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=png_info(infotext))
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return base64.b64encode(png_encoding.encode_png(image, infotext)).decode("ascii")

@@ -1,0 +1,289 @@
+"""Each GPU optimisation on its own: UNet step, VAE decode, text encoder and PNG, before and after.
+
+Random weights of the real SD 1.5 / SDXL architectures (speed does not depend on weight values). Every
+GPU timing is the median of CUDA-event timings of graph replays (modules/cuda_graphs.py), so host
+overhead is out of the picture and what remains is the kernels' own time. Compiled variants record
+their compile time the first time and again from the on-disk cache after `torch._dynamo.reset()`.
+
+    python bench/gpu_variants.py --out bench/results/gpu [--sections unet15,vae,unetxl,text,png]
+    python bench/gpu_variants.py --tiny --out /tmp/variants     # tiny shapes on the CPU: checks the script
+
+Writes <out>/gpu_variants.json after every measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import torch  # noqa: E402
+
+from gpu_speed import CLIP_L, SD15_UNET, SDXL_UNET, VAE, environment  # noqa: E402
+from modules.acceleration import Acceleration, applied  # noqa: E402
+from modules.cuda_graphs import CudaGraphRunner  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+
+
+class Report:
+    def __init__(self, out: Path):
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / "gpu_variants.json"
+        self.data = {"environment": environment(), "results": []}
+
+    def add(self, **row) -> None:
+        self.data["results"].append(row)
+        print(json.dumps(row), flush=True)
+        self.path.write_text(json.dumps(self.data, indent=2) + "\n")
+
+
+def kernel_ms(fn: Callable[[], torch.Tensor], runs: int = 20) -> tuple[float, torch.Tensor]:
+    """Median milliseconds of one call of `fn` (already graph-wrapped on CUDA) and its last output."""
+    out = fn()
+    out = fn()
+    times = []
+    for _ in range(runs):
+        if CUDA:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            started = time.perf_counter()
+            out = fn()
+            times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 3), out
+
+
+def graphed(fn: Callable[..., torch.Tensor], tensors: dict[str, torch.Tensor]) -> Callable[[], torch.Tensor]:
+    if not CUDA:
+        return lambda: fn(**tensors)
+    runner = CudaGraphRunner(fn)
+    return lambda: runner(**tensors)
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return round(float((a.float() - b.float()).abs().max()), 5)
+
+
+@contextlib.contextmanager
+def sdpa_backend(name: str | None):
+    if name is None:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([getattr(SDPBackend, name)]):
+        yield
+
+
+def timed_first_call(fn: Callable[[], torch.Tensor]) -> float:
+    started = time.perf_counter()
+    fn()
+    if CUDA:
+        torch.cuda.synchronize()
+    return round(time.perf_counter() - started, 2)
+
+
+# --------------------------------------------------------------------------------------------- UNet
+
+def unet_inputs(family: str, batch: int, latent: int, device, dtype) -> dict[str, torch.Tensor]:
+    g = torch.Generator(device="cpu").manual_seed(0)
+    context_dim = (SDXL_UNET if family == "sdxl" else SD15_UNET)["cross_attention_dim"]
+    tensors = {"x": torch.randn(batch, 4, latent, latent, generator=g),
+               "timestep": torch.full((batch,), 500.0),
+               "context": torch.randn(batch, 77, context_dim, generator=g)}
+    if family == "sdxl":
+        tensors["pooled"] = torch.randn(batch, 1280, generator=g)
+        tensors["time_ids"] = torch.tensor([[latent * 8, latent * 8, 0, 0, latent * 8, latent * 8]] * batch)
+    return {k: v.to(device, dtype if v.is_floating_point() and k != "timestep" else v.dtype)
+            for k, v in tensors.items()}
+
+
+def unet_call(unet, sdpa: str | None = None):
+    def call(x, timestep, context, pooled=None, time_ids=None):
+        added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
+        with sdpa_backend(sdpa):
+            return unet(x, timestep, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False)[0]
+    return call
+
+
+def bench_unet(report: Report, family: str, batches: list[int], args) -> None:
+    from diffusers import UNet2DConditionModel
+
+    device, dtype = ("cuda", torch.float16) if CUDA else ("cpu", torch.float32)
+    config = dict(SDXL_UNET if family == "sdxl" else SD15_UNET)
+    latent = config["sample_size"]
+    if args.tiny:
+        config.update(block_out_channels=(32, 64, 64, 64)[:len(config["block_out_channels"])],
+                      cross_attention_dim=32, attention_head_dim=2 if family != "sdxl" else (1, 2, 2),
+                      **({"transformer_layers_per_block": (1, 1, 1), "projection_class_embeddings_input_dim": 2816}
+                         if family == "sdxl" else {}))
+        latent = 16
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**config).to(device, dtype).eval()
+    name = "SDXL UNet" if family == "sdxl" else "SD1.5 UNet"
+    for batch in batches:
+        tensors = unet_inputs(family, batch, latent, device, dtype)
+        if args.tiny:
+            tensors["context"] = tensors["context"][..., :32]
+        reference = None
+        for variant in args.unet_variants:
+            case = f"{name} batch {batch}"
+            try:
+                with applied(unet, Acceleration.parse(variant)) as call:
+                    first = timed_first_call(lambda: call(**tensors))
+                    ms, out = kernel_ms(graphed(call, tensors))
+                    row = dict(case=case, variant=variant, ms=ms, first_call_s=first)
+                    if reference is None:
+                        reference = out.detach().clone()
+                    else:
+                        row["max_abs_diff_vs_first"] = max_diff(out, reference)
+                    if "compile" in variant and args.cached_compile:
+                        torch._dynamo.reset()
+                        row["first_call_cached_s"] = timed_first_call(lambda: call(**tensors))
+                report.add(**row)
+            except Exception as e:  # noqa: BLE001 - one variant failing must not lose the others
+                report.add(case=case, variant=variant, error=f"{type(e).__name__}: {e}"[:400])
+            finally:
+                torch._dynamo.reset()
+    del unet
+    if CUDA:
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------- VAE
+
+def bench_vae(report: Report, cases: list[tuple[int, int]], args) -> None:
+    from diffusers import AutoencoderKL
+
+    device, dtype = ("cuda", torch.float16) if CUDA else ("cpu", torch.float32)
+    config = dict(VAE)
+    if args.tiny:
+        config.update(block_out_channels=(16, 32, 32, 32), norm_num_groups=8)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**config).to(device, dtype).eval()
+    for size, batch in cases:
+        latent = (16 if args.tiny else size) // 8
+        tensors = {"z": torch.randn(batch, 4, latent, latent, device=device, dtype=dtype)}
+        reference = None
+        for variant in args.vae_variants:
+            case = f"VAE decode {size}x{size} batch {batch}"
+            try:
+                with applied(vae, Acceleration.parse(variant), decode=True) as call:
+                    first = timed_first_call(lambda: call(**tensors))
+                    ms, out = kernel_ms(graphed(call, tensors), runs=10)
+                    row = dict(case=case, variant=variant, ms=ms, first_call_s=first)
+                    if reference is None:
+                        reference = out.detach().clone()
+                    else:
+                        row["max_abs_diff_vs_first"] = max_diff(out, reference)
+                report.add(**row)
+            except Exception as e:  # noqa: BLE001
+                report.add(case=case, variant=variant, error=f"{type(e).__name__}: {e}"[:400])
+            finally:
+                torch._dynamo.reset()
+    del vae
+    if CUDA:
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------- text, PNG
+
+def bench_text(report: Report, args) -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    device, dtype = ("cuda", torch.float16) if CUDA else ("cpu", torch.float32)
+    spec = dict(CLIP_L)
+    if args.tiny:
+        spec.update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    model = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **spec)).to(device, dtype)
+    tokens = {"input_ids": torch.randint(0, 49407, (2, 77), device=device)}
+
+    def encode(input_ids):
+        return model(input_ids=input_ids, output_hidden_states=True).hidden_states[-1]
+
+    with torch.no_grad():
+        ms, _ = kernel_ms(lambda: encode(**tokens))
+        report.add(case="CLIP-L text encoder, 2 prompts", variant="eager", ms=ms)
+        ms, _ = kernel_ms(graphed(encode, tokens))
+        report.add(case="CLIP-L text encoder, 2 prompts", variant="cuda graph", ms=ms)
+
+
+def bench_png(report: Report) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from modules import png_encoding
+
+    rng = np.random.default_rng(0)
+    for size in (512, 1024):
+        # A smooth picture with fine noise compresses like a generated image, unlike pure noise.
+        ramp = np.linspace(0, 255, size, dtype=np.float32)
+        base = (ramp[None, :, None] * 0.6 + ramp[:, None, None] * 0.4 + rng.normal(0, 6, (size, size, 3)))
+        image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+        for label, encode in (("Pillow level 6", lambda im: _pillow_png(im, 6)),
+                              ("Pillow level 1", lambda im: _pillow_png(im, 1)),
+                              ("parallel level 1", lambda im: png_encoding.encode_png(im, None))):
+            times = []
+            for _ in range(5):
+                started = time.perf_counter()
+                data = encode(image)
+                times.append((time.perf_counter() - started) * 1000)
+            report.add(case=f"PNG {size}x{size}", variant=label, ms=round(statistics.median(times), 2),
+                       bytes=len(data), cpu_count=os.cpu_count())
+
+
+def _pillow_png(image, level: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=level)
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu")
+    parser.add_argument("--sections", default="png,text,unet15,vae,unetxl")
+    parser.add_argument("--unet-variants", default="nchw,cl,cl+fused_qkv,cl+sdpa=CUDNN_ATTENTION,"
+                                                   "cl+sdpa=FLASH_ATTENTION,cl+compile=blocks,cl+compile=full")
+    parser.add_argument("--vae-variants", default="nchw,cl,cl+compile=blocks,cl+compile=full")
+    parser.add_argument("--sd15-batches", default="2,32")
+    parser.add_argument("--sdxl-batches", default="2")
+    parser.add_argument("--cached-compile", action="store_true", help="time a second compile from the disk cache")
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args(argv)
+    args.unet_variants = args.unet_variants.split(",")
+    args.vae_variants = args.vae_variants.split(",")
+    report = Report(args.out)
+    torch.backends.cudnn.benchmark = True
+    with torch.no_grad():
+        for section in args.sections.split(","):
+            if section == "png":
+                bench_png(report)
+            elif section == "text":
+                bench_text(report, args)
+            elif section == "unet15":
+                bench_unet(report, "sd1", [int(b) for b in args.sd15_batches.split(",")], args)
+            elif section == "vae":
+                bench_vae(report, [(512, 1), (512, 16), (1024, 1)], args)
+            elif section == "unetxl":
+                bench_unet(report, "sdxl", [int(b) for b in args.sdxl_batches.split(",")], args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

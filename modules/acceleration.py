@@ -1,0 +1,129 @@
+"""How the UNet and VAE are made fast on a GPU: memory format, fused projections, attention kernel, compilation.
+
+Each choice is one field of `Acceleration`, so the benchmark can measure them one at a time and the
+application can turn on the ones that paid. Everything here changes how the same weights are run,
+never what they compute beyond fp16 rounding:
+
+- channels_last: convolutions run in cuDNN's native NHWC layout instead of transposing around each one.
+- fused_qkv: one projection for q, k and v (and for k, v of cross-attention) instead of three GEMMs.
+- sdpa_backend: pin scaled_dot_product_attention to one kernel family (None lets PyTorch choose).
+- compile: "blocks" compiles each ResNet / transformer / resampling block with Inductor (the blocks
+  repeat, so far fewer distinct graphs than "full", which compiles the whole module at once). Graphs
+  are cached on disk by Inductor, so a restart compiles from the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+# A block class's forward is one code object; each distinct input shape (SD1.5's UNet has about 20 for
+# ResnetBlock2D) is one more entry under it, and past Dynamo's default limit of 8 it would run eagerly.
+RECOMPILE_LIMIT = 64
+COMPILED_BLOCKS = frozenset({"ResnetBlock2D", "Transformer2DModel", "Downsample2D", "Upsample2D", "Attention"})
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    channels_last: bool = False
+    fused_qkv: bool = False
+    sdpa_backend: str | None = None  # a torch.nn.attention.SDPBackend name, e.g. "CUDNN_ATTENTION"
+    compile: str | None = None  # None | "blocks" | "full"
+
+    @classmethod
+    def parse(cls, text: str) -> "Acceleration":
+        """'nchw' or '+'-joined parts: cl, fused_qkv, sdpa=NAME, compile=blocks|full."""
+        fields: dict[str, object] = {}
+        for part in filter(None, text.split("+")):
+            key, _, value = part.partition("=")
+            if key == "nchw":
+                continue
+            if key == "cl":
+                fields["channels_last"] = True
+            elif key == "fused_qkv":
+                fields["fused_qkv"] = True
+            elif key == "sdpa" and value:
+                fields["sdpa_backend"] = value
+            elif key == "compile" and value in ("blocks", "full"):
+                fields["compile"] = value
+            else:
+                raise ValueError(f"unknown acceleration part {part!r}")
+        return cls(**fields)
+
+
+def _outermost_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules of the COMPILED_BLOCKS classes that no other such module contains (nested compiled
+    regions would break each other's graphs)."""
+    found: list[tuple[str, torch.nn.Module]] = []
+    for name, block in module.named_modules():
+        if type(block).__name__ in COMPILED_BLOCKS and not any(name.startswith(outer + ".") for outer, _ in found):
+            found.append((name, block))
+    return [block for _, block in found]
+
+
+def _sdpa_context(backend: str | None):
+    if backend is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, backend)])
+
+
+def _forward(module: torch.nn.Module, decode: bool) -> Callable[..., torch.Tensor]:
+    if decode:
+        def call(z):
+            return module.decode(z, return_dict=False)[0]
+    else:
+        def call(x, timestep, context, pooled=None, time_ids=None):
+            added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
+            return module(x, timestep, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False)[0]
+    return call
+
+
+@contextlib.contextmanager
+def applied(module: torch.nn.Module, acceleration: Acceleration, decode: bool = False
+            ) -> Iterator[Callable[..., torch.Tensor]]:
+    """Applies `acceleration` to `module` for the duration and yields its forward (UNet: x, timestep,
+    context, pooled, time_ids; VAE with decode=True: z). The module is as it was afterwards."""
+    compiled_blocks: list[torch.nn.Module] = []
+    if acceleration.channels_last:
+        module.to(memory_format=torch.channels_last)
+    if acceleration.fused_qkv:
+        module.fuse_qkv_projections()
+    forward = _forward(module, decode)
+    if acceleration.compile == "full":
+        forward = compiled_for_inference(forward)
+    elif acceleration.compile == "blocks":
+        compiled_for_inference(forward)  # only for its Dynamo limits
+        compiled_blocks = _outermost_blocks(module)
+        for block in compiled_blocks:
+            block.compile(dynamic=False)
+
+    def call(**tensors):
+        if acceleration.channels_last:
+            tensors = {k: v.contiguous(memory_format=torch.channels_last) if v is not None and v.dim() == 4 else v
+                       for k, v in tensors.items()}
+        with _sdpa_context(acceleration.sdpa_backend):
+            return forward(**tensors)
+
+    try:
+        yield call
+    finally:
+        for block in compiled_blocks:
+            block._compiled_call_impl = None
+        if acceleration.fused_qkv:
+            module.unfuse_qkv_projections()
+        if acceleration.channels_last:
+            module.to(memory_format=torch.contiguous_format)
+
+
+def compiled_for_inference(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`fn` compiled by Inductor for fixed shapes; the module behind it is untouched, so the plain path
+    keeps working while the compiled one is built. Graphs are cached on disk (TORCHINDUCTOR_CACHE_DIR)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    torch._dynamo.config.accumulated_recompile_limit = max(
+        torch._dynamo.config.accumulated_recompile_limit, RECOMPILE_LIMIT * 4)
+    return torch.compile(fn, dynamic=False)

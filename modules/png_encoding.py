@@ -1,0 +1,99 @@
+"""PNG files written with the image data compressed on several threads at once.
+
+Pillow compresses a PNG on one thread, at zlib level 6 by default: 70 ms for a 512x512 image and
+360 ms for 1024x1024 on a small server CPU, which is longer than a fast GPU takes to make the image.
+No maintained Python package writes PNG in parallel, so this module does it the way pigz does gzip:
+the filtered rows are cut into pieces, each piece is deflated on its own thread (zlib releases the
+GIL), primed with the 32 KiB before it so compression barely suffers, ended on a byte boundary with
+a sync flush, and the pieces are joined into one zlib stream. The result is an ordinary PNG that
+any decoder reads; the infotext goes in a `parameters` text chunk exactly as Pillow writes it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image
+
+LEVEL = 1  # zlib level: 3.5x faster than Pillow's default 6 for about 10 % larger files
+_MIN_PIECE = 256 * 1024  # smaller pieces cost more in thread hand-off than they save
+_WINDOW = 32 * 1024  # deflate's window: each piece is primed with this much of what precedes it
+_MODES = {"RGB": (8, 2, 3), "RGBA": (8, 6, 4), "L": (8, 0, 1)}  # bit depth, PNG colour type, channels
+_pool: ThreadPoolExecutor | None = None
+
+
+def _threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(_threads(), thread_name_prefix="png")
+    return _pool
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def _text_chunk(key: str, text: str) -> bytes:
+    """tEXt when the text is Latin-1, else iTXt in UTF-8: what Pillow's PngInfo.add_text/add_itxt write."""
+    try:
+        return _chunk(b"tEXt", key.encode("latin-1") + b"\0" + text.encode("latin-1"))
+    except UnicodeEncodeError:
+        return _chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + text.encode("utf-8"))
+
+
+def _filtered_rows(pixels: np.ndarray) -> bytes:
+    """Every row with PNG filter 2 ("Up": difference from the row above), the filter byte first."""
+    height = pixels.shape[0]
+    flat = pixels.reshape(height, -1)
+    rows = np.empty((height, flat.shape[1] + 1), dtype=np.uint8)
+    rows[:, 0] = 2
+    rows[0, 1:] = flat[0]
+    np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])  # uint8 arithmetic wraps modulo 256, as PNG wants
+    return rows.tobytes()
+
+
+def _deflate_piece(data: memoryview, start: int, end: int, last: bool) -> bytes:
+    primer = bytes(data[max(0, start - _WINDOW):start])
+    compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, -15, zdict=primer) if primer else \
+        zlib.compressobj(LEVEL, zlib.DEFLATED, -15)
+    out = compressor.compress(data[start:end])
+    return out + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+def _zlib_stream(data: bytes) -> bytes:
+    pieces = max(1, min(_threads(), len(data) // _MIN_PIECE))
+    bounds = [len(data) * i // pieces for i in range(pieces + 1)]
+    view = memoryview(data)
+    if pieces == 1:
+        body = _deflate_piece(view, 0, len(data), True)
+    else:
+        futures = [_executor().submit(_deflate_piece, view, bounds[i], bounds[i + 1], i == pieces - 1)
+                   for i in range(pieces)]
+        body = b"".join(f.result() for f in futures)
+    header = b"\x78\x01"  # deflate, 32 KiB window, fastest-compression flag; the check bits make it % 31 == 0
+    return header + body + struct.pack(">I", zlib.adler32(data))
+
+
+def encode_png(image: Image.Image, infotext: str | None = None) -> bytes:
+    """The image (RGB, RGBA or L; anything else is converted to RGB) as PNG bytes, with the
+    infotext, when given, in a `parameters` text chunk."""
+    if image.mode not in _MODES:
+        image = image.convert("RGB")
+    depth, colour_type, _ = _MODES[image.mode]
+    pixels = np.asarray(image)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    header = struct.pack(">IIBBBBB", image.width, image.height, depth, colour_type, 0, 0, 0)
+    parts = [b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header)]
+    if infotext:
+        parts.append(_text_chunk("parameters", infotext))
+    parts += [_chunk(b"IDAT", _zlib_stream(_filtered_rows(pixels))), _chunk(b"IEND", b"")]
+    return b"".join(parts)
