@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {e}")
     paths = Paths.from_args(args)
     _remove_partial_saves(paths.data_dir / "tmp")
+    if args.compile:  # compiled graphs are kept with the other caches, so a restart compiles from them
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(paths.data_dir / "cache" / "torchinductor"))
     policy = DevicePolicy.from_args(args)
     logging.getLogger("webui").info("Device: %s", policy.describe())
     settings = SettingsStore(paths.config_file, paths.data_dir / "tmp")

@@ -111,13 +111,13 @@ def write_checkpoint(family: str, folder: Path, device: str, tiny: bool) -> Path
     return path
 
 
-def load_ours(path: Path, device: torch.device):
+def load_ours(path: Path, device: torch.device, policy=None):
     from modules.checkpoints import list_checkpoints
     from modules.devices import DevicePolicy
     from modules.sd_loader import load_checkpoint
 
     half = torch.float16 if device.type == "cuda" else torch.float32
-    policy = DevicePolicy(device, half, half, half)
+    policy = policy or DevicePolicy(device, half, half, half)
     [info] = [c for c in list_checkpoints([path.parent], None) if c.path == path]
     return load_checkpoint(info, policy)
 
@@ -161,11 +161,8 @@ def ours_request(case: Case, seed: int, batch: int = 1):
     from modules.generation_request import Txt2ImgRequest
 
     fields = dict(prompt=PROMPT, negative_prompt=NEGATIVE, steps=case.steps, cfg_scale=7.5, width=case.size,
-                  height=case.size, seed=seed, sampler_name="Euler", batch_size=min(batch, 8))
-    request = Txt2ImgRequest(**fields)
-    if batch > 8:  # the API caps batch_size at 8; the benchmark goes past that cap on purpose
-        request = request.model_copy(update={"batch_size": batch})
-    return request
+                  height=case.size, seed=seed, sampler_name="Euler", batch_size=batch)
+    return Txt2ImgRequest(**fields)
 
 
 def run_ours(model, case: Case, outputs: Path, batch: int = 1):
@@ -225,6 +222,9 @@ def unet_steps_per_second(model, case: Case, runs: int = 20) -> float:
     with torch.no_grad():
         for _ in range(3):
             model.unet_fn(x, t, context=context, **extra)
+        wait_for_warmups(model)  # with --compile: time the compiled path, not the one serving meanwhile
+        for _ in range(3):
+            model.unet_fn(x, t, context=context, **extra)
         sync()
         started = time.perf_counter()
         for _ in range(runs):
@@ -274,6 +274,74 @@ def compare_images(a, b) -> float:
 
 # --------------------------------------------------------------------------------------------- sections
 
+def wait_for_warmups(model, timeout: float = 300) -> dict:
+    """Blocks until every background compilation has finished; their seconds (and errors) by part."""
+    started = time.perf_counter()
+    while any(w.finished is None for w in model.warmups()) and time.perf_counter() - started < timeout:
+        time.sleep(0.1)
+    return {w.label: (round(w.seconds, 1) if w.error is None else f"failed: {w.error}") for w in model.warmups()}
+
+
+def warm_up(model, report: Report, case: Case, label: str) -> None:
+    """Time from asking for the fast path to having it: the 1-step warm-up image and the compilations."""
+    from modules.generation_service import start_warm_up
+
+    started = time.perf_counter()
+    start_warm_up(model)
+    parts = wait_for_warmups(model)
+    report.add(case=case.name, what=f"ours compile warm-up ({label})", total_s=round(time.perf_counter() - started, 1),
+               parts=parts)
+
+
+def image_difference(a, b) -> dict:
+    import numpy as np
+
+    diff = np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32))
+    return {"mean_abs_diff": round(float(diff.mean()), 3), "p99_abs_diff": round(float(np.percentile(diff, 99)), 1)}
+
+
+def measure_ours(model, case: Case, report: Report, outputs: Path, args, label: str, eager_image=None):
+    row: dict = {}
+    with peak_memory(row):
+        first, times = timed(run_ours(model, case, outputs), args.runs)
+    image = run_ours(model, case, outputs)(7).images[0]
+    if eager_image is not None:
+        row.update(image_difference(eager_image, image))
+    report.add(case=case.name, what=f"ours {label} e2e", first_s=round(first, 3), median_s=median(times), **row)
+    report.add(case=case.name, what=f"ours {label} unet it/s", value=round(unet_steps_per_second(model, case), 2))
+    return image
+
+
+def measure_batch(model, case: Case, report: Report, outputs: Path, batch: int, label: str) -> None:
+    row: dict = {}
+    with peak_memory(row):
+        first = timed(run_ours(model, case, outputs, batch), 0)[0]
+        wait_for_warmups(model)
+        _, times = timed(run_ours(model, case, outputs, batch), 3)
+    report.add(case=case.name, what=f"ours {label} batch {batch}", images_per_s=round(batch / median(times), 2),
+               median_s=median(times), first_s=round(first, 2), **row)
+
+
+def measure_stock(model, case: Case, report: Report, outputs: Path, args, compiled: bool) -> None:
+    label = "stock compiled e2e" if compiled else "stock eager e2e"
+    pipe = None
+    try:
+        pipe = stock_pipeline(model, case.family, compiled)
+        row: dict = {}
+        with peak_memory(row):
+            first, times = timed(run_stock(pipe, case, outputs), args.runs)
+        report.add(case=case.name, what=label, first_s=round(first, 3), median_s=median(times), **row)
+        if compiled and case.family == "sd1" and args.stock_batch16:
+            first, times = timed(run_stock(pipe, case, outputs, 16), 2)
+            report.add(case=case.name, what="stock compiled batch 16", images_per_s=round(16 / median(times), 2),
+                       first_s=round(first, 2))
+    except Exception as e:  # noqa: BLE001 - one failing side must not lose the rest of the run
+        report.add(case=case.name, what=label, error=f"{type(e).__name__}: {e}"[:500])
+    finally:
+        del pipe
+        torch._dynamo.reset()
+
+
 def bench_case(case: Case, report: Report, work: Path, args) -> None:
     device = torch.device("cpu" if args.tiny else "cuda")
     started = time.perf_counter()
@@ -282,52 +350,117 @@ def bench_case(case: Case, report: Report, work: Path, args) -> None:
     report.add(case=case.name, what="load", seconds=round(time.perf_counter() - started, 2))
     outputs = work / "outputs"
     outputs.mkdir(exist_ok=True)
+    eager_image = measure_ours(model, case, report, outputs, args, "eager")
+    if device.type != "cuda":
+        return
+    plain = model.policy
+    model.set_policy(dataclasses.replace(plain, cuda_graphs=True))
+    try:
+        measure_ours(model, case, report, outputs, args, "cuda-graphs", eager_image)
+        if "breakdown" in args.paths:
+            stage_breakdown(model, case, report, outputs, "cuda-graphs")
+        if case.family == "sd1" and 8 in args.batches:
+            measure_batch(model, case, report, outputs, 8, "cuda-graphs")
+    except Exception as e:  # noqa: BLE001
+        report.add(case=case.name, what="ours cuda-graphs", error=f"{type(e).__name__}: {e}"[:500])
+    measure_stock(model, case, report, outputs, args, compiled=False)
+    if "lowvram" in args.paths:
+        bench_low_memory(case, path, report, outputs, args)
 
-    row: dict = {}
-    with peak_memory(row):
-        first, times = timed(run_ours(model, case, outputs), args.runs)
-    eager_image = run_ours(model, case, outputs)(7).images[0]
-    report.add(case=case.name, what="ours eager e2e", first_s=round(first, 3), median_s=median(times), **row)
-    report.add(case=case.name, what="ours eager unet it/s", value=round(unet_steps_per_second(model, case), 2))
-
-    if device.type == "cuda":
-        model.set_policy(dataclasses.replace(model.policy, cuda_graphs=True))
-        row = {}
-        with peak_memory(row):
-            first, times = timed(run_ours(model, case, outputs), args.runs)
-        graphed_image = run_ours(model, case, outputs)(7).images[0]
-        report.add(case=case.name, what="ours cuda-graphs e2e", first_s=round(first, 3), median_s=median(times),
-                   capture_s=[round(s, 2) for s in model._runners["UNet"].capture_seconds],
-                   mean_abs_diff_vs_eager=round(compare_images(eager_image, graphed_image), 4), **row)
-        report.add(case=case.name, what="ours cuda-graphs unet it/s", value=round(unet_steps_per_second(model, case), 2))
-        for batch in args.batches if case.family == "sd1" else ():
-            row = {}
-            with peak_memory(row):
-                first, times = timed(run_ours(model, case, outputs, batch), max(2, args.runs // 2))
-            report.add(case=case.name, what=f"ours cuda-graphs batch {batch}", images_per_s=round(batch / median(times), 2),
-                       first_s=round(first, 2), **row)
-
-    for compiled in (False, True) if device.type == "cuda" and (case.family != "sdxl" or args.sdxl_compile) \
-            else (False,):
-        label = "stock compiled e2e" if compiled else "stock eager e2e"
+    if "compile" in args.paths:
+        model.set_policy(dataclasses.replace(plain, cuda_graphs=True, compile=True))
         try:
-            pipe = stock_pipeline(model, case.family, compiled)
-            row = {}
-            with peak_memory(row):
-                first, times = timed(run_stock(pipe, case, outputs), args.runs)
-            report.add(case=case.name, what=label, first_s=round(first, 3), median_s=median(times), **row)
-            if compiled and case.family == "sd1" and args.stock_batch16:
-                first, times = timed(run_stock(pipe, case, outputs, 16), 2)
-                report.add(case=case.name, what="stock compiled batch 16", images_per_s=round(16 / median(times), 2),
-                           first_s=round(first, 2))
-        except Exception as e:  # noqa: BLE001 - one failing side must not lose the rest of the run
-            report.add(case=case.name, what=label, error=f"{type(e).__name__}: {e}"[:500])
-        finally:
-            pipe = None
-            torch._dynamo.reset()
+            warm_up(model, report, case, "first, empty cache")
+            if args.cached_warmup:
+                torch._dynamo.reset()
+                model.set_policy(dataclasses.replace(plain, cuda_graphs=True, compile=True))
+                warm_up(model, report, case, "again, from the on-disk cache")
+            measure_ours(model, case, report, outputs, args, "compiled", eager_image)
+            for batch in [b for b in args.batches if b > 8] if case.family == "sd1" else ():
+                measure_batch(model, case, report, outputs, batch, "compiled")
+        except Exception as e:  # noqa: BLE001
+            report.add(case=case.name, what="ours compiled", error=f"{type(e).__name__}: {e}"[:500])
+    if "stock-compiled" in args.paths and (case.family == "sd1" or args.sdxl_compile):
+        measure_stock(model, case, report, outputs, args, compiled=True)
+    model.set_policy(plain)
     del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    torch.cuda.empty_cache()
+
+
+def stage_breakdown(model, case: Case, report: Report, outputs: Path, label: str, runs: int = 3) -> None:
+    """Seconds per stage of one image (each stage synchronised, so they add up to a little more than
+    the pipelined end-to-end time): where the time outside the UNet goes."""
+    from modules import processing
+
+    stages = {"encode prompts": "encode_conditioning", "sample": "sample_latents", "VAE decode": "decode_latents",
+              "PNG + save": "_collect"}
+    spent = {name: [] for name in stages}
+    originals = {name: getattr(processing, attr) for name, attr in stages.items()}
+
+    def timed_stage(name):
+        def wrapper(*a, **k):
+            sync()
+            started = time.perf_counter()
+            out = originals[name](*a, **k)
+            sync()
+            spent[name].append(time.perf_counter() - started)
+            return out
+        return wrapper
+
+    try:
+        for name, attr in stages.items():
+            setattr(processing, attr, timed_stage(name))
+        _, totals = timed(run_ours(model, case, outputs), runs)
+    finally:
+        for name, attr in stages.items():
+            setattr(processing, attr, originals[name])
+    report.add(case=case.name, what=f"ours {label} stages", total_s=median(totals),
+               **{name: median(times[-runs:]) for name, times in spent.items()})
+
+
+def bench_low_memory(case: Case, path: Path, report: Report, outputs: Path, args) -> None:
+    """--lowvram: peak allocated memory and speed. Another model may be loaded in the same process, so
+    memory is counted above what was allocated before this one was loaded."""
+    from modules.devices import DevicePolicy
+
+    sync()
+    before = torch.cuda.memory_allocated()
+    policy = DevicePolicy(torch.device("cuda"), torch.float16, torch.float16, torch.float16, memory_mode="lowvram")
+    model = load_ours(path, policy.device, policy)
+    row: dict = {"allocated_after_load_gib": round((torch.cuda.memory_allocated() - before) / 2**30, 3)}
+    torch.cuda.reset_peak_memory_stats()
+    first, times = timed(run_ours(model, case, outputs), 2)
+    sync()
+    row["peak_vram_gib"] = round((torch.cuda.max_memory_allocated() - before) / 2**30, 3)
+    report.add(case=case.name, what="ours --lowvram e2e", first_s=round(first, 2), median_s=median(times), **row)
+    del model
+    torch.cuda.empty_cache()
+
+
+def bench_model_switches(report: Report, work: Path, args) -> None:
+    """Allocated GPU memory after each of 10 switches between two SD1.5 checkpoints."""
+    import shutil
+
+    from modules.cmd_args import parse_args
+    from modules.devices import DevicePolicy
+    from modules.model_manager import ModelManager
+    from modules.paths import Paths
+
+    folder = work / "switch" / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True, exist_ok=True)
+    source = write_checkpoint("sd1", folder, "cuda", args.tiny)
+    shutil.copy(source, folder / "second.safetensors")
+    policy = DevicePolicy(torch.device("cuda"), torch.float16, torch.float16, torch.float16, cuda_graphs=True)
+    manager = ModelManager(Paths.from_args(parse_args(["--data-dir", str(work / "switch")], environ={})), policy,
+                           hash_files=False)
+    names = [c.title for c in manager.checkpoints]
+    allocated = []
+    for i in range(10):
+        model = manager.get(names[i % 2])
+        run_ours(model, Case("switch", "sd1", 512, 2), work)(i)
+        del model
+        allocated.append(round(torch.cuda.memory_allocated() / 2**30, 3))
+    report.add(case="SD1.5 model switches", what="allocated GiB after each of 10 switches", values=allocated)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default="sd15,sdxl")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--batches", default="8,16")
+    parser.add_argument("--paths", default="compile,lowvram,stock-compiled,switches",
+                        help="optional parts: compile, lowvram, stock-compiled, switches, breakdown")
+    parser.add_argument("--cached-warmup", action="store_true", help="warm up twice: empty cache, then from the cache")
     parser.add_argument("--sdxl-compile", action="store_true", help="also stock compiled SDXL (minutes of compile)")
     parser.add_argument("--stock-batch16", action="store_true", help="also stock compiled at batch 16 (recompiles)")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU, to check the script")
@@ -350,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.sections.split(","):
             if name in cases:
                 bench_case(cases[name], report, Path(work), args)
+        if "switches" in args.paths and not args.tiny:
+            bench_model_switches(report, Path(work), args)
     return 0
 
 

@@ -13,6 +13,7 @@ that shape on a background thread, then switches to a graph of the compiled code
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -45,6 +46,42 @@ def _clone(output):
     return output.clone()
 
 
+class _CaptureGate:
+    """Keeps graph captures and background compilations apart.
+
+    A compiler working on another thread synchronises the device and benchmarks kernels, which a
+    capture in progress does not permit (CUDA fails the capture and the compilation). So no capture
+    starts while a compilation runs: calls with new shapes run without a graph until it ends, and a
+    compilation waits for a capture (a fraction of a second) to finish before it starts.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._compiling = 0
+
+    def try_capture(self) -> bool:
+        """True (holding the gate: call `end_capture`) when nothing is compiling."""
+        self._lock.acquire()
+        if self._compiling:
+            self._lock.release()
+            return False
+        return True
+
+    def end_capture(self) -> None:
+        self._lock.release()
+
+    def begin_compile(self) -> None:
+        with self._lock:
+            self._compiling += 1
+
+    def end_compile(self) -> None:
+        with self._lock:
+            self._compiling -= 1
+
+
+_gate = _CaptureGate()
+
+
 class CudaGraphRunner:
     """Calls `fn(**tensors) -> tensor or tuple of tensors` through a captured graph per input shape."""
 
@@ -60,7 +97,12 @@ class CudaGraphRunner:
         with self._lock:
             captured = self._graphs.get(key)
             if captured is None:
-                captured = self._capture(tensors)
+                if not _gate.try_capture():
+                    return self.fn(**tensors)  # a compilation is running: no graph until it ends
+                try:
+                    captured = self._capture(tensors)
+                finally:
+                    _gate.end_capture()
                 self._graphs[key] = captured
                 while len(self._graphs) > self.max_graphs:
                     self._graphs.popitem(last=False)
@@ -82,7 +124,8 @@ class CudaGraphRunner:
                 self.fn(**inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: a compilation running on another thread (WarmingRunner) may use the GPU meanwhile.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             output = self.fn(**inputs)
         torch.cuda.synchronize()
         self.capture_seconds.append(time.perf_counter() - started)
@@ -111,10 +154,23 @@ class WarmUp:
         return (self.finished or time.perf_counter()) - self.started
 
 
+def warmup_note(warmups: list[WarmUp]) -> str | None:
+    """One line on the compilations still running, e.g. for a progress bar; None when there are none."""
+    running = [w for w in warmups if w.finished is None]
+    if not running:
+        return None
+    return "compiling " + ", ".join(f"{w.label} ({w.seconds:.0f} s)" for w in running) + \
+        "; the plain path serves until then"
+
+
 class WarmingRunner:
     """Runs `plain` through graphs until `compiled` has been compiled for the input shapes, then
     `compiled` through graphs. Compilation of a new shape starts on a background thread the first
     time the shape is seen, so no call ever waits for the compiler."""
+
+    # One compilation at a time: two at once contend for the GIL and both finish later than in turn
+    # (the first shape asked for, the UNet's, is then ready first).
+    _compiling = threading.Lock()
 
     def __init__(self, plain: Callable[..., torch.Tensor], compiled: Callable[..., torch.Tensor], label: str,
                  on_change: Callable[[], None] = lambda: None):
@@ -145,16 +201,28 @@ class WarmingRunner:
         return f"{self.label} {'x'.join(str(d) for d in first.shape)}"
 
     def _compile(self, key: ShapeKey, warmup: WarmUp, examples: dict[str, torch.Tensor | None]) -> None:
-        self.on_change()
-        try:
-            side = torch.cuda.Stream()
-            with torch.no_grad(), torch.cuda.stream(side):
-                for _ in range(WARMUP_CALLS):
-                    self.compiled(**examples)
-            side.synchronize()
-        except Exception as e:  # noqa: BLE001 - a shape the compiler cannot handle stays on the plain path
-            warmup.error = f"{type(e).__name__}: {e}"[:300]
-        warmup.finished = time.perf_counter()
+        log = logging.getLogger(__name__)
+        with self._compiling:
+            _gate.begin_compile()
+            warmup.started = time.perf_counter()
+            log.info("Compiling %s in the background", warmup.label)
+            self.on_change()
+            try:
+                side = torch.cuda.Stream()
+                with torch.no_grad(), torch.cuda.stream(side):
+                    for _ in range(WARMUP_CALLS):
+                        self.compiled(**examples)
+                side.synchronize()
+            except Exception as e:  # noqa: BLE001 - a shape the compiler cannot handle stays on the plain path
+                warmup.error = f"{type(e).__name__}: {e}"[:300]
+            finally:
+                _gate.end_compile()
+            warmup.finished = time.perf_counter()
+        if warmup.error:
+            log.warning("Compiling %s failed after %.1f s; it stays on the plain path: %s", warmup.label,
+                        warmup.seconds, warmup.error)
+        else:
+            log.info("Compiled %s in %.1f s", warmup.label, warmup.seconds)
         self.on_change()
 
     def clear(self) -> None:

@@ -33,7 +33,7 @@ class Txt2ImgRequest(BaseModel):
     subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
     seed_resize_from_h: int = Field(-1, ge=-1, le=2048)
     seed_resize_from_w: int = Field(-1, ge=-1, le=2048)
-    batch_size: int = Field(1, ge=1, le=8)
+    batch_size: int = Field(1, ge=1, le=64)  # the UI slider stops at 8, as in AUTOMATIC1111; the API goes further
     n_iter: int = Field(1, ge=1, le=100)
     clip_skip: int = Field(1, ge=1, le=12)
     # Sampler options; None keeps each sampler's own default.

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from modules.checkpoints import CheckpointInfo
+from modules.cuda_graphs import warmup_note
 from modules.generation_request import Img2ImgRequest, Txt2ImgRequest
 from modules.job_queue import Job, JobQueue
 from modules.model_manager import ModelManager
 from modules.processing import GenerationResult, img2img, txt2img
 from modules.rng import resolve_seed
+from modules.sd_model import StableDiffusionModel
 from modules.settings_store import Settings, SettingsStore
 
 # Request fields that AUTOMATIC1111 takes from settings rather than from the request.
@@ -81,7 +83,14 @@ class GenerationService:
     def _load(self, checkpoint: CheckpointInfo, vae: str):
         if self.manager.vae_choice != vae:
             self.manager.set_vae(vae)
-        return self.manager.get(checkpoint.title)
+        model = self.manager.get(checkpoint.title)
+        start_warm_up(model)
+        return model
+
+    def warmup_note(self) -> str | None:
+        """What is being compiled in the background (--compile), for progress displays."""
+        model = self.manager.loaded
+        return None if model is None else warmup_note(model.warmups())
 
     def load_model(self, checkpoint: str | None = None, **submit_options) -> Job:
         """A queue job that loads `checkpoint` (or the one the settings name) between generations."""
@@ -130,3 +139,12 @@ class GenerationService:
     def txt2img(self, request: Txt2ImgRequest, checkpoint: str | None = None) -> GenerationResult:
         """Queue and wait (the UI's path)."""
         return self.submit(request, checkpoint=checkpoint).wait().result
+
+
+def start_warm_up(model: StableDiffusionModel) -> None:
+    """With --compile, a 1-step image at the model's native size starts compiling the UNet, VAE decoder
+    and text encoder graphs for the size most images use, before the first request asks for it."""
+    if not (model.policy.compile and model.policy.replays_graphs) or model.warmups():
+        return
+    size = model.native_size
+    txt2img(model, Txt2ImgRequest(prompt="", steps=1, width=size, height=size, save_images=False), None)

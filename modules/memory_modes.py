@@ -47,7 +47,7 @@ def apply(model, mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"unknown memory mode {mode!r}")
     device = model.policy.device
-    swapper = ComponentSwapper(device)
+    swapper = model.offload = ComponentSwapper(device)
     for encoder in model.text_encoders:
         swapper.attach(encoder.model)
     vae = model.vae

@@ -54,6 +54,7 @@ class StableDiffusionModel:
     policy: DevicePolicy
     vae_name: str | None = None  # file name of an external VAE, None for the checkpoint's own
     notes: list[str] = field(default_factory=list)
+    offload: object | None = field(default=None, repr=False)  # memory_modes.ComponentSwapper in --medvram/--lowvram
     _runners: dict = field(default_factory=dict, repr=False)  # CudaGraphRunner / WarmingRunner per part
 
     def __post_init__(self) -> None:

@@ -221,6 +221,7 @@ class ProgressResponse(BaseModel):
     textinfo: str | None = None
     queued: int = Field(0, description="jobs waiting behind the running one")
     job_id: str | None = None
+    warmup: str | None = Field(None, description="what --compile is compiling in the background, if anything")
 
 
 class SamplerItem(BaseModel):

@@ -209,7 +209,7 @@ def _control_routes(router: APIRouter, ctx: ApiContext, login) -> None:
     def progressapi(skip_current_image: bool = False, id_task: str | None = Query(None, max_length=64)):
         job = ctx.queue.get(id_task) if id_task else ctx.queue.current
         preview = not skip_current_image and ctx.service.settings.current.live_previews_enable
-        return progress_of(job, ctx.queue, preview)
+        return progress_of(job, ctx.queue, preview).model_copy(update={"warmup": ctx.service.warmup_note()})
 
     @router.post("/interrupt")
     def interruptapi(id_task: str | None = Query(None, max_length=64), user: str | None = Depends(login)):

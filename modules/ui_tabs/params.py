@@ -58,7 +58,7 @@ def size_controls(fields: Fields, tab: str, size: int) -> gr.Button:
 def batch_controls(fields: Fields, tab: str) -> None:
     with gr.Row():
         _slider(fields, tab, "n_iter", "Batch count", 1, elem="batch_count")
-        _slider(fields, tab, "batch_size", "Batch size", 1)
+        _slider(fields, tab, "batch_size", "Batch size", 1, maximum=8)  # AUTOMATIC1111's slider; the API allows 64
     _slider(fields, tab, "cfg_scale", "CFG Scale", 0.5, value=DEFAULTS.cfg_scale, maximum=30)
 
 

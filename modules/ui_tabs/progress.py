@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import gradio as gr
@@ -73,7 +73,13 @@ def bar_html(fraction: float, text: str, state: str = "running") -> str:
             f'<span class="progress-text">{html.escape(text)}</span></div>')
 
 
-def progress_text(job: Job, queue: JobQueue) -> tuple[float, str]:
+def progress_text(job: Job, queue: JobQueue, note: str | None = None) -> tuple[float, str]:
+    """The bar's fraction and text; `note` (e.g. a compilation running in the background) is appended."""
+    fraction, text = _progress_text(job, queue)
+    return fraction, f"{text} · {note}" if note else text
+
+
+def _progress_text(job: Job, queue: JobQueue) -> tuple[float, str]:
     if job.state == JobState.QUEUED:
         return 0.0, f"In queue: {queue.position(job)}/{len(queue.pending())}"
     progress = job.progress
@@ -108,14 +114,15 @@ def _preview(job: Job, full_decode: object | None) -> Image.Image | None:
     return latent_preview(latent)
 
 
-def follow(job: Job, queue: JobQueue, settings: Settings, full_decode=None) -> Iterator[ProgressView]:
+def follow(job: Job, queue: JobQueue, settings: Settings, full_decode=None,
+           note: Callable[[], str | None] = lambda: None) -> Iterator[ProgressView]:
     """Views of the job's progress until it is done; a new preview every N steps."""
     every = preview_every(settings)
     shown_step = -1
     done = threading.Event()
     job.add_done_callback(lambda _job: done.set())
     while not job.done:
-        fraction, text = progress_text(job, queue)
+        fraction, text = progress_text(job, queue, note())
         preview = None
         step = job.progress.step + job.progress.job_no * job.progress.steps
         if every and job.state == JobState.RUNNING and step != shown_step and step % every == 0:
@@ -178,7 +185,7 @@ def stream_job(ctx, active: ActiveJobs, tab: str, session: str, area: ProgressAr
     started = time.monotonic()
     decoder = full_decoder(ctx.settings.current, ctx.manager)
     yield {area.bar: bar_html(0.0, "Queued…"), area.preview: gr.Image(value=None, visible=False)}
-    for view in follow(job, ctx.service.queue, ctx.settings.current, decoder):
+    for view in follow(job, ctx.service.queue, ctx.settings.current, decoder, ctx.service.warmup_note):
         update = {area.bar: view.html}
         if view.preview is not None:
             update[area.preview] = gr.Image(value=view.preview, visible=True)
