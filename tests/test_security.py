@@ -651,8 +651,8 @@ class _StubVae:
         self.dtype, self.partial, self.fp32_nan, self.torch = torch.float16, partial, fp32_nan, torch
         self.decoded_in: list = []
 
-    def to(self, dtype):
-        self.dtype = dtype
+    def to(self, dtype=None, memory_format=None):
+        self.dtype = dtype or self.dtype
         return self
 
     def decode(self, latents, return_dict=False):
@@ -667,29 +667,37 @@ class _StubVae:
         return (pixels,)
 
 
-def _stub_model(vae):
-    import types
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tiny_models import load_tiny_model
+
+    return load_tiny_model(tmp_path_factory.mktemp("models"), "sd1")
+
+
+def _with_vae(model, vae):
+    """The real model with its VAE replaced by one that makes NaN, in a half-precision policy."""
+    import dataclasses
 
     import torch
-    policy = types.SimpleNamespace(device=torch.device("cpu"), vae_dtype=torch.float16)
-    return types.SimpleNamespace(scale_factor=0.18215, policy=policy, vae=vae)
+    return dataclasses.replace(model, vae=vae, policy=dataclasses.replace(model.policy, vae_dtype=torch.float16))
 
 
 @pytest.mark.parametrize("partial", [False, True])
-def test_T24_nan_images_retried_in_fp32_else_error(partial):
+def test_T24_nan_images_retried_in_fp32_else_error(partial, tiny_model):
     import torch
 
     from modules.processing import NonFiniteImageError, decode_latents
 
     latents = torch.zeros(1, 4, 8, 8)
     vae = _StubVae(partial, fp32_nan=False)
-    images = decode_latents(_stub_model(vae), latents)
+    images = decode_latents(_with_vae(tiny_model, vae), latents)
     assert vae.decoded_in == [torch.float16, torch.float32] and len(images) == 1
     assert vae.dtype == torch.float16  # the VAE goes back to its precision
     with pytest.raises(NonFiniteImageError, match="no image was saved"):
-        decode_latents(_stub_model(_StubVae(partial, fp32_nan=True)), latents)
+        decode_latents(_with_vae(tiny_model, _StubVae(partial, fp32_nan=True)), latents)
     with pytest.raises(NonFiniteImageError):
-        decode_latents(_stub_model(_StubVae(partial, fp32_nan=False)), torch.full((1, 4, 8, 8), float("nan")))
+        decode_latents(_with_vae(tiny_model, _StubVae(partial, fp32_nan=False)),
+                       torch.full((1, 4, 8, 8), float("nan")))
 
 
 def test_T24_nan_error_is_a_clear_api_error():
