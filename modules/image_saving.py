@@ -153,8 +153,9 @@ def _encode(image: Image.Image, handle, image_format: ImageFormat, infotext: str
 
 
 def write_image_atomic(image: Image.Image, path: Path, infotext: str | None = None,
-                       options: SaveOptions | None = None) -> Path:
-    """Write to a temporary file (outside the outputs folder when a temp_dir is given), then rename."""
+                       options: SaveOptions | None = None, encoded: bytes | None = None) -> Path:
+    """Write to a temporary file (outside the outputs folder when a temp_dir is given), then rename.
+    `encoded`: the file's bytes when the caller has already encoded the image in the path's format."""
     options = options or SaveOptions(outputs_dir=path.parent)
     image_format: ImageFormat = {"jpeg": "jpg"}.get(path.suffix.lower().lstrip("."), path.suffix.lower().lstrip("."))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +164,10 @@ def write_image_atomic(image: Image.Image, path: Path, infotext: str | None = No
     fd, temp_name = tempfile.mkstemp(prefix=".saving-", suffix=path.suffix, dir=temp_dir)
     try:
         with os.fdopen(fd, "wb") as handle:
-            _encode(image, handle, image_format, infotext, options)
+            if encoded is not None:
+                handle.write(encoded)
+            else:
+                _encode(image, handle, image_format, infotext, options)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, path)
@@ -184,8 +188,10 @@ def _folder(options: SaveOptions, subfolder: str, facts: ImageFacts) -> Path:
     return folder
 
 
-def save_image(image: Image.Image, options: SaveOptions, kind: str, facts: ImageFacts, infotext: str | None) -> Path:
-    """Save one generated image to outputs/<kind>-images and return its path."""
+def save_image(image: Image.Image, options: SaveOptions, kind: str, facts: ImageFacts, infotext: str | None,
+               encoded: bytes | None = None) -> Path:
+    """Save one generated image to outputs/<kind>-images and return its path (`encoded`: its bytes in
+    `options.format`, when already made)."""
     folder = _folder(options, f"{kind}-images", facts)
     folder.mkdir(parents=True, exist_ok=True)
     pattern = options.filename_pattern or ("[seed]" if options.save_to_dirs else "[seed]-[prompt_spaces]")
@@ -194,7 +200,7 @@ def save_image(image: Image.Image, options: SaveOptions, kind: str, facts: Image
         if options.add_number:
             stem = f"{_next_number(folder):05d}" + (f"-{stem}" if stem else "")
         stem = stem[: options.max_filename_length] or "image"
-        return write_image_atomic(image, folder / f"{stem}.{options.format}", infotext, options)
+        return write_image_atomic(image, folder / f"{stem}.{options.format}", infotext, options, encoded)
 
 
 def save_grid(grid: Image.Image, options: SaveOptions, kind: str, facts: ImageFacts, infotext: str | None) -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import image_prep, image_saving, lora, upscalers
+from modules import image_prep, image_saving, lora, png_encoding, upscalers
 from modules.embeddings import EmbeddingDatabase, ti_hashes
 from modules.prompt_conditioning import PromptConditioning, build_prompt_conditioning
 from modules.prompt_preparation import prepare_request
@@ -41,6 +41,7 @@ class GenerationResult:
     paths: list[Path] = field(default_factory=list)
     grid_path: Path | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. LoRA names that were not found
+    pngs: list[bytes] = field(default_factory=list)  # the saved PNG files' bytes, one per image, when saved as PNG
 
 
 @dataclass
@@ -264,13 +265,18 @@ def _unless_interrupted(save: SaveOptions | None, resources: Resources) -> SaveO
 
 def _collect(result: GenerationResult, model, request, kind: str, save: SaveOptions | None,
              images: list[Image.Image], seeds: list[int], infotexts: list[str]) -> None:
+    saving = save is not None and not request.do_not_save_samples
+    # A batch's PNGs are encoded together, on all cores; the API answers with the same bytes.
+    pngs = png_encoding.encode_pngs(images, infotexts) if saving and save.format == "png" else []
+    result.pngs += pngs
     for number, (image, seed, infotext) in enumerate(zip(images, seeds, infotexts)):
         result.images.append(image)
         result.seeds.append(seed)
         result.infotexts.append(infotext)
-        if save is not None and not request.do_not_save_samples:
+        if saving:
             facts = _facts(model, request, seed, number, seeds, image.width, image.height)
-            result.paths.append(image_saving.save_image(image, save, kind, facts, infotext))
+            result.paths.append(image_saving.save_image(image, save, kind, facts, infotext,
+                                                        pngs[number] if pngs else None))
 
 
 def _save_grid(result: GenerationResult, model, request, kind: str, save: SaveOptions | None) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules.png_encoding import encode_png
+from modules.png_encoding import encode_png, encode_pngs
 
 
 def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -66,3 +66,9 @@ def test_other_modes_are_written_as_rgb():
     back = Image.open(io.BytesIO(encode_png(image)))
     assert back.mode == "RGB"
     assert np.array_equal(np.asarray(back), np.asarray(image.convert("RGB")))
+
+
+def test_a_batch_encodes_to_the_same_files_as_one_by_one():
+    images = [_photo(512, 512, "RGB"), _photo(64, 48, "L"), _photo(300, 200, "RGBA")]
+    texts = ["first", None, "third \u2605"]
+    assert encode_pngs(images, texts) == [encode_png(image, text) for image, text in zip(images, texts)]

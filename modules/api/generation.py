@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from modules import upscalers
-from modules.api.images import decode_image, encode_png
+from modules import png_encoding, upscalers
+from modules.api.images import as_base64, decode_image, encode_png
 from modules.api.models import GenerationResponse, Img2ImgApiRequest, Txt2ImgApiRequest
 from modules.generation_request import Img2ImgRequest, Txt2ImgRequest
 from modules.generation_service import SETTING_FIELDS, Generated
@@ -102,7 +102,9 @@ def build_response(api: Txt2ImgApiRequest, generated: Generated, job_id: str, no
     if api.send_images:
         if with_grid:
             images.append(encode_png(image_grid(result.images), result.infotexts[0]))
-        images += [encode_png(image, text) for image, text in zip(result.images, result.infotexts)]
+        pngs = result.pngs if len(result.pngs) == len(result.images) else \
+            png_encoding.encode_pngs(result.images, result.infotexts)
+        images += [as_base64(png) for png in pngs]
         if init_images and getattr(api, "include_init_images", False):
             images += [encode_png(image) for image in init_images]
     parameters = api.model_dump(mode="json")

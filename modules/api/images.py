@@ -67,4 +67,8 @@ def decode_image(data: str, field: str) -> Image.Image:
 
 def encode_png(image: Image.Image, infotext: str | None = None) -> str:
     """base64 PNG carrying `infotext` in its `parameters` text chunk, as AUTOMATIC1111 returns it."""
-    return base64.b64encode(png_encoding.encode_png(image, infotext)).decode("ascii")
+    return as_base64(png_encoding.encode_png(image, infotext))
+
+
+def as_base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
