@@ -15,6 +15,8 @@ never what they compute beyond fp16 rounding:
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -88,7 +90,6 @@ def applied(module: torch.nn.Module, acceleration: Acceleration, decode: bool = 
             ) -> Iterator[Callable[..., torch.Tensor]]:
     """Applies `acceleration` to `module` for the duration and yields its forward (UNet: x, timestep,
     context, pooled, time_ids; VAE with decode=True: z). The module is as it was afterwards."""
-    compiled_blocks: list[torch.nn.Module] = []
     if acceleration.channels_last:
         module.to(memory_format=torch.channels_last)
     if acceleration.fused_qkv:
@@ -97,10 +98,7 @@ def applied(module: torch.nn.Module, acceleration: Acceleration, decode: bool = 
     if acceleration.compile == "full":
         forward = compiled_for_inference(forward)
     elif acceleration.compile == "blocks":
-        compiled_for_inference(forward)  # only for its Dynamo limits
-        compiled_blocks = _outermost_blocks(module)
-        for block in compiled_blocks:
-            block.compile(dynamic=False)
+        forward = _forward(compiled_blocks(module), decode)
 
     def call(**tensors):
         if acceleration.channels_last:
@@ -112,18 +110,37 @@ def applied(module: torch.nn.Module, acceleration: Acceleration, decode: bool = 
     try:
         yield call
     finally:
-        for block in compiled_blocks:
-            block._compiled_call_impl = None
         if acceleration.fused_qkv:
             module.unfuse_qkv_projections()
         if acceleration.channels_last:
             module.to(memory_format=torch.contiguous_format)
 
 
-def compiled_for_inference(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """`fn` compiled by Inductor for fixed shapes; the module behind it is untouched, so the plain path
-    keeps working while the compiled one is built. Graphs are cached on disk (TORCHINDUCTOR_CACHE_DIR)."""
+def _raise_recompile_limits() -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     torch._dynamo.config.accumulated_recompile_limit = max(
         torch._dynamo.config.accumulated_recompile_limit, RECOMPILE_LIMIT * 4)
+
+
+def compiled_for_inference(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`fn` compiled by Inductor for fixed shapes; the module behind it is untouched, so the plain path
+    keeps working while the compiled one is built. Graphs are cached on disk (TORCHINDUCTOR_CACHE_DIR)."""
+    _raise_recompile_limits()
     return torch.compile(fn, dynamic=False)
+
+
+def shared_weight_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the module tree whose parameters and buffers are the original tensors (no memory,
+    and in-place changes such as LoRA patches show in both)."""
+    memo = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    return copy.deepcopy(module, memo)
+
+
+def compiled_blocks(module: torch.nn.Module) -> torch.nn.Module:
+    """A weight-sharing copy of `module` with each repeated block (COMPILED_BLOCKS) compiled by
+    Inductor; `module` itself stays uncompiled."""
+    _raise_recompile_limits()
+    twin = shared_weight_copy(module)
+    for block in _outermost_blocks(twin):
+        block.compile(dynamic=False)
+    return twin

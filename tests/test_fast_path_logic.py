@@ -44,3 +44,33 @@ def test_warmup_note_names_what_is_still_compiling():
     assert warmup_note([done]) is None
     note = warmup_note([done, running])
     assert note.startswith("compiling UNet 2x4x64x64 (12 s)") and "VAE" not in note
+
+
+def test_compiled_blocks_share_the_weights_and_leave_the_model_plain(tmp_path):
+    """--compile's UNet: a copy whose repeated blocks Inductor compiles (here for the CPU), sharing
+    every weight with the model, whose own forward stays uncompiled for the plain path."""
+    import torch
+
+    from modules.acceleration import COMPILED_BLOCKS, compiled_blocks
+    from modules.sd_model import call_unet
+    from tiny_models import load_tiny_model
+
+    model = load_tiny_model(tmp_path, "sd1")
+    twin = compiled_blocks(model.unet)
+    assert twin is not model.unet
+    assert all(a is b for a, b in zip(twin.parameters(), model.unet.parameters()))
+    blocks = [m for m in model.unet.modules() if type(m).__name__ in COMPILED_BLOCKS]
+    assert blocks and all(getattr(m, "_compiled_call_impl", None) is None for m in blocks)
+    assert any(getattr(m, "_compiled_call_impl", None) is not None for m in twin.modules())
+
+    g = torch.Generator().manual_seed(0)
+    x, context = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g)
+    t = torch.tensor([500.0, 500.0])
+    with torch.no_grad():
+        plain = call_unet(model.unet, x, t, context, None, None)
+        compiled = call_unet(twin, x, t, context, None, None)
+        with torch.no_grad():  # an in-place weight change (a LoRA patch) reaches the copy too
+            model.unet.conv_out.bias.add_(1.0)
+        patched = call_unet(twin, x, t, context, None, None)
+    assert torch.allclose(plain, compiled, atol=1e-4)
+    assert torch.allclose(patched, compiled + 1.0, atol=1e-4)
