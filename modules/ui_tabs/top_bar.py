@@ -55,7 +55,19 @@ def build_top_bar(ctx: UiContext) -> TopBar:
         clip_skip = gr.Number(value=settings.CLIP_stop_at_last_layers, minimum=1, maximum=12, step=1, precision=0,
                               label="Clip skip", elem_id="clip_skip", scale=1, min_width=110)
     status = gr.Markdown(status_text(ctx), elem_id="status")
+    if ctx.manager.policy.compile:
+        _warmup_status(ctx)
     return TopBar(checkpoint, refresh, vae, clip_skip, status)
+
+
+def _warmup_status(ctx: UiContext) -> None:
+    """--compile: a line saying what compiles in the background, polled while the page is open."""
+    def note() -> str:
+        text = ctx.service.warmup_note()
+        return f"Warming up: {text}." if text else ""
+
+    line = gr.Markdown(note(), elem_id="warmup_status")
+    gr.Timer(2.0).tick(note, outputs=[line], show_progress="hidden")
 
 
 def wire_top_bar(ctx: UiContext, bar: TopBar) -> None:
