@@ -57,3 +57,19 @@ def test_automatic_uses_vae_named_like_checkpoint(tmp_path):
     vaes = list_vaes([tmp_path / "models" / "VAE"], [folder])
     assert resolve_vae("Automatic", folder / "tiny.safetensors", vaes).name == "tiny.vae.pt"
     assert resolve_vae("None", folder / "tiny.safetensors", vaes) is None
+
+
+def test_in_place_activations_in_the_decoder_change_no_pixel(tmp_path):
+    import torch
+
+    from tiny_models import load_tiny_model
+
+    model = load_tiny_model(tmp_path, "sd1")
+    silus = [m for m in model.vae.decoder.modules() if isinstance(m, torch.nn.SiLU)]
+    assert silus and all(m.inplace for m in silus)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        in_place = model.vae_decode(z)
+        for m in silus:
+            m.inplace = False
+        assert torch.equal(model.vae_decode(z), in_place)
