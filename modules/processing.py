@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -128,28 +129,27 @@ def _vae_decode(model: StableDiffusionModel, latents: torch.Tensor, dtype: torch
     return model.vae_decode(scaled)
 
 
-def _decode_in_float32(model: StableDiffusionModel, latents: torch.Tensor) -> torch.Tensor:
-    """Half-precision VAEs overflow to NaN on some latents; float32 decodes them (then the VAE goes back)."""
+def _switch_vae_to_float32(model: StableDiffusionModel) -> None:
+    """Half-precision VAEs overflow to NaN on some latents (SDXL's on most): from the first time it
+    happens the VAE runs in float32 for as long as the model is loaded, as AUTOMATIC1111's "revert VAE
+    to 32-bit floats" does, instead of paying for a failed half-precision decode on every image."""
+    logging.getLogger(__name__).warning("The VAE produced NaN in %s; it runs in float32 from now on "
+                                        "(--no-half-vae starts it that way)", model.policy.vae_dtype)
     model.vae.to(torch.float32)
     model.forget_compiled_state("VAE decoder")  # its graphs point at the half-precision weights
-    try:
-        scaled = (latents / model.scale_factor).to(model.policy.device, torch.float32)
-        return model.vae.decode(scaled, return_dict=False)[0].float()
-    finally:
-        model.vae.to(model.policy.vae_dtype)
+    model.policy = dataclasses.replace(model.policy, vae_dtype=torch.float32)
 
 
 @torch.no_grad()
 def decode_latents(model: StableDiffusionModel, latents: torch.Tensor) -> list[Image.Image]:
-    """Latents -> images; NaN/inf anywhere (not only everywhere) is retried once with a float32 VAE,
-    and if still there raises NonFiniteImageError instead of returning black images."""
+    """Latents -> images; NaN/inf anywhere (not only everywhere) is retried with a float32 VAE, which
+    the model then keeps, and if still there raises NonFiniteImageError instead of returning black images."""
     if not torch.isfinite(latents).all():
         raise NonFiniteImageError("sampling produced NaN or infinite latents; no image was made")
     pixels = _vae_decode(model, latents, model.policy.vae_dtype)
     if not torch.isfinite(pixels).all() and model.policy.vae_dtype != torch.float32:
-        logging.getLogger(__name__).warning("The VAE produced NaN in %s; retrying in float32",
-                                            model.policy.vae_dtype)
-        pixels = _decode_in_float32(model, latents)
+        _switch_vae_to_float32(model)
+        pixels = _vae_decode(model, latents, torch.float32)
     if not torch.isfinite(pixels).all():
         raise NonFiniteImageError("the VAE produced NaN or infinite pixels even in float32; no image was saved "
                                   "(try another VAE or checkpoint)")

@@ -690,9 +690,13 @@ def test_T24_nan_images_retried_in_fp32_else_error(partial, tiny_model):
 
     latents = torch.zeros(1, 4, 8, 8)
     vae = _StubVae(partial, fp32_nan=False)
-    images = decode_latents(_with_vae(tiny_model, vae), latents)
+    model = _with_vae(tiny_model, vae)
+    images = decode_latents(model, latents)
     assert vae.decoded_in == [torch.float16, torch.float32] and len(images) == 1
-    assert vae.dtype == torch.float16  # the VAE goes back to its precision
+    # The VAE stays in float32 (AUTOMATIC1111's "revert VAE to 32-bit floats"): no second failed decode.
+    assert vae.dtype == torch.float32 and model.policy.vae_dtype == torch.float32
+    decode_latents(model, latents)
+    assert vae.decoded_in == [torch.float16, torch.float32, torch.float32]
     with pytest.raises(NonFiniteImageError, match="no image was saved"):
         decode_latents(_with_vae(tiny_model, _StubVae(partial, fp32_nan=True)), latents)
     with pytest.raises(NonFiniteImageError):
