@@ -7,9 +7,13 @@ never what they compute beyond fp16 rounding:
 - channels_last: convolutions run in cuDNN's native NHWC layout instead of transposing around each one.
 - fused_qkv: one projection for q, k and v (and for k, v of cross-attention) instead of three GEMMs.
 - sdpa_backend: pin scaled_dot_product_attention to one kernel family (None lets PyTorch choose).
-- compile: "blocks" compiles each ResNet / transformer / resampling block with Inductor (the blocks
-  repeat, so far fewer distinct graphs than "full", which compiles the whole module at once). Graphs
-  are cached on disk by Inductor, so a restart compiles from the cache.
+- compile: "blocks" compiles each ResNet / transformer / resampling block with Inductor, on a copy of
+  the module that shares its weights (the blocks repeat: fewer and smaller graphs than "full", which
+  compiles the whole forward at once). Graphs are cached on disk by Inductor, so a restart compiles
+  from the cache.
+
+`applied` is the benchmark's way in (one combination at a time, undone afterwards);
+`compiled_for_inference` and `compiled_blocks` are what `--compile` uses (modules/sd_model.py).
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ class CudaGraphRunner:
                 self.fn(**inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: a compilation running on another thread (WarmingRunner) may use the GPU meanwhile.
+        # thread_local: other threads (a live-preview decode for the page) may use the GPU meanwhile.
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             output = self.fn(**inputs)
         torch.cuda.synchronize()

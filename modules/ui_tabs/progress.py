@@ -146,7 +146,9 @@ def full_decoder(settings: Settings, manager) -> object | None:
     from modules.processing import decode_latents
 
     model = manager.loaded
-    return (lambda latent: decode_latents(model, latent)) if model is not None else None
+    if model is None or model.policy.memory_mode != "normal":
+        return None  # --medvram/--lowvram: a decode beside sampling would move the UNet off the GPU mid-step
+    return lambda latent: decode_latents(model, latent)
 
 
 def wire_controls(active: ActiveJobs, tab: str, interrupt: gr.Button, skip: gr.Button | None = None) -> None:
