@@ -8,6 +8,11 @@ weights on the same GPU in the same run.
     python bench/gpu_speed.py --out bench/results/gpu [--sections sd15,sdxl] [--runs 5]
     python bench/gpu_speed.py --tiny --out /tmp/gpu-smoke       # tiny models on the CPU: checks the script
 
+Each section measures, in order: ours eager; ours with CUDA graphs (+ batch 8, + stage times with
+`--paths breakdown`); stock eager; ours --lowvram; ours --compile (warm-up from an empty cache, again
+from the disk cache with --cached-warmup, end to end, batch 16); stock compiled. A full SD1.5 + SDXL
+run takes about 10 minutes on an H200, most of it compiling: `--sections sd15` alone about 5.
+
 Prints a table and writes <out>/gpu_speed.json after every measurement (a run cut short keeps what
 it measured). End to end means: prompt encoding, sampling, VAE decode and writing the PNG.
 """
