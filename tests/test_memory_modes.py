@@ -55,3 +55,29 @@ def test_medvram_keeps_one_part_resident(tmp_path):
 def test_unknown_memory_mode_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown memory mode 'tinyvram'"):
         load_tiny_model(tmp_path, "sd1", policy=dataclasses.replace(DevicePolicy.cpu(), memory_mode="tinyvram"))
+
+
+def test_full_previews_fall_back_to_cheap_ones_in_low_memory_modes(tmp_path):
+    """A full-VAE preview decodes beside sampling: in --medvram/--lowvram that would move the UNet off
+    the device mid-step, so the page shows the cheap preview there."""
+    from modules.cmd_args import parse_args
+    from modules.model_manager import ModelManager
+    from modules.paths import Paths
+    from modules.settings_store import Settings
+    from modules.ui_tabs.progress import full_decoder
+    from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
+
+    folder = tmp_path / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    save_checkpoint(tiny_original_state_dict("sd1"), folder / "tiny.safetensors")
+    (folder / "tiny.yaml").write_text(tiny_ldm_yaml("sd1"))
+    paths = Paths.from_args(parse_args(["--data-dir", str(tmp_path)], environ={}))
+    full = Settings(show_progress_type="Full")
+    for mode, expect_full in (("normal", True), ("medvram", False), ("lowvram", False)):
+        manager = ModelManager(paths, dataclasses.replace(DevicePolicy.cpu(), memory_mode=mode))
+        manager.get()
+        decode = full_decoder(full, manager)
+        assert (decode is not None) == expect_full, mode
+        if decode is not None:
+            assert decode(torch.zeros(1, 4, 8, 8))[0].size == (64, 64)
+        assert full_decoder(Settings(), manager) is None  # cheap previews unless asked for
