@@ -8,6 +8,10 @@ their compile time the first time and again from the on-disk cache after `torch.
     python bench/gpu_variants.py --out bench/results/gpu [--sections unet15,vae,unetxl,text,png]
     python bench/gpu_variants.py --tiny --out /tmp/variants     # tiny shapes on the CPU: checks the script
 
+A variant is '+'-joined parts (modules/acceleration.py): nchw, cl, fused_qkv, sdpa=NAME, compile=blocks|full,
+autotune (Inductor's max-autotune: minutes of compiling, so not in the default list), e.g.
+`--unet-variants nchw,cl+compile=full+autotune`.
+
 Writes <out>/gpu_variants.json after every measurement.
 """
 

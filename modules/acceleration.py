@@ -38,10 +38,11 @@ class Acceleration:
     fused_qkv: bool = False
     sdpa_backend: str | None = None  # a torch.nn.attention.SDPBackend name, e.g. "CUDNN_ATTENTION"
     compile: str | None = None  # None | "blocks" | "full"
+    autotune: bool = False  # Inductor's max-autotune (Triton GEMM/conv templates timed per shape; slow to compile)
 
     @classmethod
     def parse(cls, text: str) -> "Acceleration":
-        """'nchw' or '+'-joined parts: cl, fused_qkv, sdpa=NAME, compile=blocks|full."""
+        """'nchw' or '+'-joined parts: cl, fused_qkv, sdpa=NAME, compile=blocks|full, autotune."""
         fields: dict[str, object] = {}
         for part in filter(None, text.split("+")):
             key, _, value = part.partition("=")
@@ -55,6 +56,8 @@ class Acceleration:
                 fields["sdpa_backend"] = value
             elif key == "compile" and value in ("blocks", "full"):
                 fields["compile"] = value
+            elif key == "autotune":
+                fields["autotune"] = True
             else:
                 raise ValueError(f"unknown acceleration part {part!r}")
         return cls(**fields)
@@ -68,6 +71,17 @@ def _outermost_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
         if type(block).__name__ in COMPILED_BLOCKS and not any(name.startswith(outer + ".") for outer, _ in found):
             found.append((name, block))
     return [block for _, block in found]
+
+
+def _drop_fused_projections(module: torch.nn.Module) -> None:
+    """diffusers' unfuse puts the separate projections back in use but keeps the fused copies (their
+    memory, and extra keys in the state dict): remove them."""
+    for block in module.modules():
+        for name in ("to_qkv", "to_kv", "to_added_qkv"):
+            if isinstance(getattr(block, name, None), torch.nn.Module):
+                delattr(block, name)
+        if getattr(block, "fused_projections", False):
+            block.fused_projections = False
 
 
 def _sdpa_context(backend: str | None):
@@ -100,9 +114,9 @@ def applied(module: torch.nn.Module, acceleration: Acceleration, decode: bool = 
         module.fuse_qkv_projections()
     forward = _forward(module, decode)
     if acceleration.compile == "full":
-        forward = compiled_for_inference(forward)
+        forward = compiled_for_inference(forward, acceleration.autotune)
     elif acceleration.compile == "blocks":
-        forward = _forward(compiled_blocks(module), decode)
+        forward = _forward(compiled_blocks(module, acceleration.autotune), decode)
 
     def call(**tensors):
         if acceleration.channels_last:
@@ -116,6 +130,7 @@ def applied(module: torch.nn.Module, acceleration: Acceleration, decode: bool = 
     finally:
         if acceleration.fused_qkv:
             module.unfuse_qkv_projections()
+            _drop_fused_projections(module)
         if acceleration.channels_last:
             module.to(memory_format=torch.contiguous_format)
 
@@ -126,11 +141,16 @@ def _raise_recompile_limits() -> None:
         torch._dynamo.config.accumulated_recompile_limit, RECOMPILE_LIMIT * 4)
 
 
-def compiled_for_inference(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+def _mode(autotune: bool) -> str | None:
+    # Never Inductor's own CUDA graphs ("reduce-overhead"): cuda_graphs.py captures the compiled code.
+    return "max-autotune-no-cudagraphs" if autotune else None
+
+
+def compiled_for_inference(fn: Callable[..., torch.Tensor], autotune: bool = False) -> Callable[..., torch.Tensor]:
     """`fn` compiled by Inductor for fixed shapes; the module behind it is untouched, so the plain path
     keeps working while the compiled one is built. Graphs are cached on disk (TORCHINDUCTOR_CACHE_DIR)."""
     _raise_recompile_limits()
-    return torch.compile(fn, dynamic=False)
+    return torch.compile(fn, dynamic=False, mode=_mode(autotune))
 
 
 def shared_weight_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -140,11 +160,11 @@ def shared_weight_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def compiled_blocks(module: torch.nn.Module) -> torch.nn.Module:
+def compiled_blocks(module: torch.nn.Module, autotune: bool = False) -> torch.nn.Module:
     """A weight-sharing copy of `module` with each repeated block (COMPILED_BLOCKS) compiled by
     Inductor; `module` itself stays uncompiled."""
     _raise_recompile_limits()
     twin = shared_weight_copy(module)
     for block in _outermost_blocks(twin):
-        block.compile(dynamic=False)
+        block.compile(dynamic=False, mode=_mode(autotune))
     return twin

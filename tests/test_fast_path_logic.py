@@ -74,3 +74,31 @@ def test_compiled_blocks_share_the_weights_and_leave_the_model_plain(tmp_path):
         patched = call_unet(twin, x, t, context, None, None)
     assert torch.allclose(plain, compiled, atol=1e-4)
     assert torch.allclose(patched, compiled + 1.0, atol=1e-4)
+
+
+def test_acceleration_variants_parse_and_undo_themselves(tmp_path):
+    """The benchmark's one-optimisation-at-a-time switch: each variant computes the same UNet output
+    and leaves the model as it found it."""
+    import pytest
+    import torch
+
+    from modules.acceleration import Acceleration, applied
+    from modules.sd_model import call_unet
+    from tiny_models import load_tiny_model
+
+    assert Acceleration.parse("cl+fused_qkv+sdpa=MATH") == Acceleration(True, True, "MATH")
+    assert Acceleration.parse("nchw") == Acceleration()
+    with pytest.raises(ValueError, match="unknown acceleration part 'fast'"):
+        Acceleration.parse("cl+fast")
+
+    unet = load_tiny_model(tmp_path, "sd1").unet
+    g = torch.Generator().manual_seed(1)
+    tensors = {"x": torch.randn(2, 4, 8, 8, generator=g), "timestep": torch.tensor([10.0, 10.0]),
+               "context": torch.randn(2, 77, 32, generator=g)}
+    with torch.no_grad():
+        plain = call_unet(unet, *tensors.values(), None, None)
+        keys = set(unet.state_dict())
+        with applied(unet, Acceleration.parse("cl+fused_qkv+sdpa=MATH")) as call:
+            assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+            assert torch.allclose(call(**tensors).float(), plain, atol=1e-4)
+        assert set(unet.state_dict()) == keys and unet.conv_in.weight.is_contiguous()
