@@ -47,6 +47,15 @@ class DiscreteSchedule:
     def __post_init__(self):
         self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
         self.log_sigmas = self.sigmas.log()
+        self._log_sigmas_by_device: dict[torch.device, torch.Tensor] = {}
+
+    def log_sigmas_on(self, device: torch.device) -> torch.Tensor:
+        """The table on `device`, copied there once: a CPU-to-GPU copy each step would also make the
+        host wait for the GPU each step (PyTorch synchronises blocking copies)."""
+        table = self._log_sigmas_by_device.get(device)
+        if table is None:
+            table = self._log_sigmas_by_device[device] = self.log_sigmas.to(device)
+        return table
 
     @property
     def sigma_min(self) -> torch.Tensor:
@@ -59,7 +68,7 @@ class DiscreteSchedule:
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Fractional timestep by linear interpolation in log-sigma (k-diffusion's DiscreteSchedule)."""
         log_sigma = sigma.log()
-        log_sigmas = self.log_sigmas.to(sigma.device)
+        log_sigmas = self.log_sigmas_on(sigma.device)
         dists = log_sigma - log_sigmas[:, None]
         low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
         high_idx = low_idx + 1
@@ -71,7 +80,7 @@ class DiscreteSchedule:
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         t = t.float()
         low_idx, high_idx, w = t.floor().long(), t.ceil().long(), t.frac()
-        log_sigmas = self.log_sigmas.to(t.device)
+        log_sigmas = self.log_sigmas_on(t.device)
         return ((1 - w) * log_sigmas[low_idx] + w * log_sigmas[high_idx]).exp()
 
 

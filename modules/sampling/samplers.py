@@ -50,6 +50,13 @@ def get_ancestral_step(sigma_from, sigma_to, eta: float = 1.0):
     return sigma_down, sigma_up
 
 
+def _down_is_zero(sigma_from: float, sigma_to: float, eta: float) -> bool:
+    """Whether an ancestral step's deterministic part ends at sigma 0, from host values (the same
+    float32 arithmetic as get_ancestral_step on the device)."""
+    sigma_down, _ = get_ancestral_step(torch.tensor(sigma_from), torch.tensor(sigma_to), eta)
+    return float(sigma_down) == 0
+
+
 def report(callback: StepCallback | None, x, i, sigma, sigma_hat, denoised) -> None:
     if callback is not None:
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
@@ -98,13 +105,14 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
                            eta=1.0, s_noise=1.0, noise_sampler: NoiseSampler | None = None):
     """Euler steps down to sigma_down, then fresh noise of size sigma_up."""
     extra_args = extra_args or {}
+    host = sigmas.tolist()  # branches read these: no wait for the GPU each step
     noise = noise_sampler or default_noise_sampler(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, _batch_sigma(sigmas[i], x), **extra_args)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
-        if sigmas[i + 1] > 0:
+        if host[i + 1] > 0:
             x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
@@ -114,6 +122,7 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None,
                 s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, noise_sampler: NoiseSampler | None = None):
     """Karras et al. (2022) Algorithm 2: Heun's method, Euler for the last step to sigma 0."""
     extra_args = extra_args or {}
+    host = sigmas.tolist()  # branches read these: no wait for the GPU each step
     noise = noise_sampler or default_noise_sampler(x)
     for i in range(len(sigmas) - 1):
         x, sigma_hat = _churn(x, sigmas[i], len(sigmas) - 1, s_churn, s_tmin, s_tmax, s_noise, noise, sigmas[i + 1])
@@ -121,7 +130,7 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None,
         d = to_d(x, sigma_hat, denoised)
         report(callback, x, i, sigmas[i], sigma_hat, denoised)
         dt = sigmas[i + 1] - sigma_hat
-        if sigmas[i + 1] == 0:
+        if host[i + 1] == 0:
             x = x + d * dt
         else:
             x_2 = x + d * dt
@@ -135,13 +144,14 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
                  s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, noise_sampler: NoiseSampler | None = None):
     """DPM-Solver-2 (midpoint in log sigma), as in Karras et al. (2022)'s comparison."""
     extra_args = extra_args or {}
+    host = sigmas.tolist()  # branches read these: no wait for the GPU each step
     noise = noise_sampler or default_noise_sampler(x)
     for i in range(len(sigmas) - 1):
         x, sigma_hat = _churn(x, sigmas[i], len(sigmas) - 1, s_churn, s_tmin, s_tmax, s_noise, noise, sigmas[i + 1])
         denoised = model(x, _batch_sigma(sigma_hat, x), **extra_args)
         d = to_d(x, sigma_hat, denoised)
         report(callback, x, i, sigmas[i], sigma_hat, denoised)
-        if sigmas[i + 1] == 0:
+        if host[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigma_hat)
         else:
             sigma_mid = sigma_hat.log().lerp(sigmas[i + 1].log(), 0.5).exp()
@@ -156,13 +166,14 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
                            eta=1.0, s_noise=1.0, noise_sampler: NoiseSampler | None = None):
     """DPM-Solver-2 down to sigma_down, then fresh noise."""
     extra_args = extra_args or {}
+    host = sigmas.tolist()  # branches read these: no wait for the GPU each step
     noise = noise_sampler or default_noise_sampler(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, _batch_sigma(sigmas[i], x), **extra_args)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         d = to_d(x, sigmas[i], denoised)
-        if sigma_down == 0:
+        if _down_is_zero(host[i], host[i + 1], eta):
             x = x + d * (sigma_down - sigmas[i])
         else:
             sigma_mid = sigmas[i].log().lerp(sigma_down.log(), 0.5).exp()
@@ -210,12 +221,13 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
                               eta=1.0, s_noise=1.0, noise_sampler: NoiseSampler | None = None):
     """DPM-Solver++(2S) single-step, ancestral (Lu et al. 2022)."""
     extra_args = extra_args or {}
+    host = sigmas.tolist()  # branches read these: no wait for the GPU each step
     noise = noise_sampler or default_noise_sampler(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, _batch_sigma(sigmas[i], x), **extra_args)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigma_down == 0:
+        if _down_is_zero(host[i], host[i + 1], eta):
             x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         else:
             t, t_next = _t(sigmas[i]), _t(sigma_down)
@@ -224,7 +236,7 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
             x_2 = (_sigma(s) / _sigma(t)) * x - (-h / 2).expm1() * denoised
             denoised_2 = model(x_2, _batch_sigma(_sigma(s), x), **extra_args)
             x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised_2
-        if sigmas[i + 1] > 0:
+        if host[i + 1] > 0:
             x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
@@ -242,11 +254,12 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
                      eta=1.0, s_noise=1.0, noise_sampler: NoiseSampler | None = None, r=1 / 2, seeds=None):
     """DPM-Solver++ (stochastic, two evaluations per step) with Brownian-tree noise."""
     extra_args = extra_args or {}
+    host = sigmas.tolist()  # branches read these: no wait for the GPU each step
     noise = _seeded_tree(x, sigmas, noise_sampler, seeds)
     for i in range(len(sigmas) - 1):
         denoised = model(x, _batch_sigma(sigmas[i], x), **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
+        if host[i + 1] == 0:
             x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
             continue
         t, t_next = _t(sigmas[i]), _t(sigmas[i + 1])
@@ -271,11 +284,12 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
                     noise_sampler: NoiseSampler | None = None):
     """DPM-Solver++(2M), Lu et al. (2022): second-order multistep in log-SNR time."""
     extra_args = extra_args or {}
+    host = sigmas.tolist()  # branches read these: no wait for the GPU each step
     old_denoised = None
     for i in range(len(sigmas) - 1):
         denoised = model(x, _batch_sigma(sigmas[i], x), **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
+        if host[i + 1] == 0:
             x = denoised
         else:
             t, t_next = _t(sigmas[i]), _t(sigmas[i + 1])
@@ -297,13 +311,14 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     if solver_type not in {"heun", "midpoint"}:
         raise ValueError("solver_type must be 'heun' or 'midpoint'")
     extra_args = extra_args or {}
+    host = sigmas.tolist()  # branches read these: no wait for the GPU each step
     noise = _seeded_tree(x, sigmas, noise_sampler, seeds)
     old_denoised, h_last = None, None
     for i in range(len(sigmas) - 1):
         denoised = model(x, _batch_sigma(sigmas[i], x), **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         h = None
-        if sigmas[i + 1] == 0:
+        if host[i + 1] == 0:
             x = denoised
         else:
             h = _t(sigmas[i + 1]) - _t(sigmas[i])
@@ -326,6 +341,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
                         noise_sampler: NoiseSampler | None = None, seeds=None):
     """DPM-Solver++(3M) SDE: third-order multistep with exponential-integrator noise."""
     extra_args = extra_args or {}
+    host = sigmas.tolist()  # branches read these: no wait for the GPU each step
     noise = _seeded_tree(x, sigmas, noise_sampler, seeds)
     denoised_1 = denoised_2 = None
     h_1 = h_2 = None
@@ -333,7 +349,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
         denoised = model(x, _batch_sigma(sigmas[i], x), **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         h = None
-        if sigmas[i + 1] == 0:
+        if host[i + 1] == 0:
             x = denoised
         else:
             h = _t(sigmas[i + 1]) - _t(sigmas[i])
@@ -362,11 +378,12 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None,
                noise_sampler: NoiseSampler | None = None):
     """Latent Consistency Model sampling: jump to x0, re-noise to the next sigma."""
     extra_args = extra_args or {}
+    host = sigmas.tolist()  # branches read these: no wait for the GPU each step
     noise = noise_sampler or default_noise_sampler(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, _batch_sigma(sigmas[i], x), **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         x = denoised
-        if sigmas[i + 1] > 0:
+        if host[i + 1] > 0:
             x = x + sigmas[i + 1] * noise(sigmas[i], sigmas[i + 1])
     return x
