@@ -45,12 +45,17 @@ class BrownianTreeNoiseSampler:
         self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=int(seed)) for seed in seeds]
         self.device, self.dtype = x.device, x.dtype
 
-    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    def __call__(self, sigma: torch.Tensor | float, sigma_next: torch.Tensor | float) -> torch.Tensor:
+        """Callers that pass host floats (not device tensors) spare the host a wait for the GPU."""
         s0, s1 = float(sigma), float(sigma_next)
         lo, hi = min(s0, s1), max(s0, s1)
         sign = 1.0 if s1 > s0 else -1.0
         w = torch.stack([tree(lo, hi) for tree in self.trees])
-        return (w * sign / abs(hi - lo) ** 0.5).to(self.device, self.dtype)
+        noise = (w * sign / abs(hi - lo) ** 0.5).to(self.dtype)
+        if self.device.type != "cuda":
+            return noise.to(self.device)
+        # From pinned memory the copy runs in the background; a plain copy would make the host wait.
+        return noise.pin_memory().to(self.device, non_blocking=True)
 
 
 def brownian_tree_noise_sampler(x: torch.Tensor, sigmas: torch.Tensor, seeds: list[int]) -> BrownianTreeNoiseSampler:
