@@ -11,6 +11,7 @@ import gc
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,6 +27,9 @@ from modules.sd_loader import inspect_checkpoint, load_checkpoint
 from modules.sd_model import StableDiffusionModel
 from modules.face_restoration import FaceRestorers
 from modules.upscaler_models import UpscalerRegistry
+
+if TYPE_CHECKING:  # for the annotation only; resources() imports it when called
+    from modules.processing import Resources
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +113,7 @@ class ModelManager:
         except (ModelFileError, ValueError):
             return None
 
-    def resources(self, model: StableDiffusionModel | None = None) -> "Resources":
+    def resources(self, model: StableDiffusionModel | None = None) -> Resources:
         """Upscalers, LoRA files, styles and the embeddings that fit `model`, for one generation."""
         from modules.processing import Resources
 

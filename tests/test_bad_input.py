@@ -1,6 +1,5 @@
 """Broken or hostile model files give one clear message naming the file and the problem."""
 
-import os
 
 import pytest
 import safetensors.torch
@@ -11,6 +10,7 @@ from modules.devices import DevicePolicy
 from modules.model_manager import ModelManager, NoCheckpointError
 from modules.paths import Paths
 from modules.safe_load import ModelFileError, UnsafeModelFileError
+from pickle_payloads import WritesCanary
 from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
 
 
@@ -63,12 +63,8 @@ def test_weights_that_do_not_fit_are_named(tmp_path):
 def test_pickle_with_code_is_refused_and_manager_keeps_working(tmp_path):
     folder = _folder(tmp_path)
     canary = tmp_path / "canary"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {canary}",))
-
-    torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, "x": Payload()},
+    torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)},
+                "x": WritesCanary(canary)},
                folder / "a-evil.ckpt")
     save_checkpoint(tiny_original_state_dict("sd1"), folder / "b-good.safetensors")
     (folder / "b-good.yaml").write_text(tiny_ldm_yaml("sd1"))

@@ -1,7 +1,6 @@
 """The shipped default model makes the picture its prompt names, through the normal txt2img path."""
 
 import itertools
-import os
 
 import pytest
 

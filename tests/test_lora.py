@@ -16,6 +16,7 @@ from modules.lora import LoraCall
 from modules.processing import txt2img
 from modules.safe_load import UnsafeModelFileError
 from modules.sd_loader import load_checkpoint
+from pickle_payloads import WritesCanary
 from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
 
 
@@ -316,20 +317,12 @@ def test_text_encoder_only_lora_changes_the_image(sd1, base_images, tmp_path):
 # ------------------------------------------------------------------------------------------------ files
 
 
-class _WritesCanary:
-    """A pickle payload that creates a file when unpickled without restrictions."""
-
-    def __init__(self, canary):
-        self.canary = str(canary)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.canary}",))
 
 
 def test_pickled_lora_with_code_is_refused_unrun(tmp_path):
     canary = tmp_path / "canary"
     path = tmp_path / "evil.pt"
-    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(2, 2), "payload": _WritesCanary(canary)}, path)
+    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(2, 2), "payload": WritesCanary(canary)}, path)
     with pytest.raises(UnsafeModelFileError):
         lora.load_lora(path)
     files = lora.list_lora_files([tmp_path])

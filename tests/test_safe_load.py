@@ -1,6 +1,5 @@
 """Model files are read by content, and pickles that would run code are refused unrun."""
 
-import os
 import pickle
 
 import pytest
@@ -9,22 +8,15 @@ import torch
 
 from modules import safe_load
 from modules.safe_load import FileFormat, ModelFileError, UnsafeModelFileError
+from pickle_payloads import WritesCanary
 
 
-class _WritesCanary:
-    """A pickle payload that creates a file when unpickled without restrictions."""
-
-    def __init__(self, canary):
-        self.canary = str(canary)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.canary}",))
 
 
 def test_malicious_ckpt_is_refused_and_never_runs(tmp_path):
     canary = tmp_path / "canary"
     path = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "payload": _WritesCanary(canary)}, path)
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "payload": WritesCanary(canary)}, path)
 
     with pytest.raises(UnsafeModelFileError) as err:
         safe_load.load_state_dict(path)
@@ -38,7 +30,7 @@ def test_malicious_legacy_pickle_is_refused(tmp_path):
     canary = tmp_path / "canary"
     path = tmp_path / "old.ckpt"
     with open(path, "wb") as f:
-        pickle.dump({"state_dict": _WritesCanary(canary)}, f, protocol=2)
+        pickle.dump({"state_dict": WritesCanary(canary)}, f, protocol=2)
     with pytest.raises(ModelFileError):
         safe_load.load_state_dict(path)
     assert not canary.exists()

@@ -24,6 +24,7 @@ import pytest
 import requests
 from PIL import Image
 
+from pickle_payloads import WritesCanary
 from server_process import ROOT, ServerProcess
 
 pytestmark = pytest.mark.security
@@ -380,12 +381,6 @@ def test_T12_ssrf_via_image_url(server):
 
 # ---- model files -----------------------------------------------------------------------------------
 
-class _WritesCanary:
-    def __init__(self, canary):
-        self.canary = str(canary)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.canary}",))
 
 
 def test_T13_pickle_rce_in_ckpt(tmp_path):
@@ -395,7 +390,7 @@ def test_T13_pickle_rce_in_ckpt(tmp_path):
 
     canary = tmp_path / "canary"
     path = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "payload": _WritesCanary(canary)}, path)
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "payload": WritesCanary(canary)}, path)
     with pytest.raises(safe_load.UnsafeModelFileError):
         safe_load.load_state_dict(path)
     assert not canary.exists()
@@ -411,7 +406,7 @@ def test_T14_loader_chosen_by_content_not_extension(tmp_path):
     canary = tmp_path / "canary"
     for name in ("x.SAFETENSORS", "x.safetensors", "x.SafeTensors"):
         path = tmp_path / name
-        path.write_bytes(pickle.dumps(_WritesCanary(canary)))
+        path.write_bytes(pickle.dumps(WritesCanary(canary)))
         with pytest.raises(safe_load.ModelFileError):
             safe_load.load_state_dict(path)
     assert not canary.exists()
@@ -459,7 +454,7 @@ def test_T16_scanner_bypass_pickles_still_refused(tmp_path):
             return (pkgutil.resolve_name, ("os:system",))
 
     canary = tmp_path / "canary"
-    for name, payload in (("resolve", ResolveName()), ("system", _WritesCanary(canary))):
+    for name, payload in (("resolve", ResolveName()), ("system", WritesCanary(canary))):
         path = tmp_path / f"{name}.ckpt"
         torch.save({"state_dict": {"w": torch.zeros(1)}, "x": payload}, path)
         with pytest.raises(safe_load.UnsafeModelFileError):

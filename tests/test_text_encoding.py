@@ -2,7 +2,6 @@
 in 77-token chunks with comma backtracking, clip skip, SDXL's two encoders and pooled output; on real
 tiny models of each family."""
 
-from pathlib import Path
 
 import pytest
 import torch

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import sys
-import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path

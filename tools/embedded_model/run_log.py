@@ -65,7 +65,7 @@ def summary_markdown(record: dict, config: TrainConfig) -> str:
         f"- UNet + text encoder: {unet['steps']} steps, {unet['seconds']:.1f} s (stage, pool included), "
         f"{unet['extra']['training_images_per_second']:.0f} img/s while training, last loss {_last_loss(unet)}, "
         f"skipped steps {unet['skipped_steps']}.",
-        f"- Parameters: " + ", ".join(f"{k} {v:,}" for k, v in record["parameters"].items()) + ".",
+        "- Parameters: " + ", ".join(f"{k} {v:,}" for k, v in record["parameters"].items()) + ".",
         f"- Checkpoint: `{export['checkpoint']}` ({export['bytes']:,} bytes, {export['keys']} keys, fp16), "
         f"sidecar `{export['yaml']}`, sha256 {export['sha256'][:10]}.",
         f"- Samples: `{record['samples']['path']}` (DDIM {config.sample.steps} steps, CFG "
