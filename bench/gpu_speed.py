@@ -256,25 +256,21 @@ def environment() -> dict:
 
 
 class Report:
-    def __init__(self, out: Path):
-        self.out = out
+    """Rows printed as they come and the whole JSON rewritten after each, so a cut-short run keeps them."""
+
+    def __init__(self, out: Path, name: str = "gpu_speed.json"):
         out.mkdir(parents=True, exist_ok=True)
+        self.path = out / name
         self.data = {"environment": environment(), "results": []}
 
     def add(self, **row) -> None:
         self.data["results"].append(row)
         print(json.dumps(row), flush=True)
-        (self.out / "gpu_speed.json").write_text(json.dumps(self.data, indent=2) + "\n")
+        self.path.write_text(json.dumps(self.data, indent=2) + "\n")
 
 
 def median(times: list[float]) -> float:
     return round(statistics.median(times), 4)
-
-
-def compare_images(a, b) -> float:
-    import numpy as np
-
-    return float(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean())
 
 
 # --------------------------------------------------------------------------------------------- sections

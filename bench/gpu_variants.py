@@ -18,9 +18,7 @@ Writes <out>/gpu_variants.json after every measurement.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
-import json
 import os
 import statistics
 import sys
@@ -34,23 +32,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 
-from gpu_speed import CLIP_L, SD15_UNET, SDXL_UNET, VAE, environment  # noqa: E402
+from gpu_speed import CLIP_L, SD15_UNET, SDXL_UNET, VAE, Report  # noqa: E402
 from modules.acceleration import Acceleration, applied  # noqa: E402
 from modules.cuda_graphs import CudaGraphRunner  # noqa: E402
 
 CUDA = torch.cuda.is_available()
-
-
-class Report:
-    def __init__(self, out: Path):
-        out.mkdir(parents=True, exist_ok=True)
-        self.path = out / "gpu_variants.json"
-        self.data = {"environment": environment(), "results": []}
-
-    def add(self, **row) -> None:
-        self.data["results"].append(row)
-        print(json.dumps(row), flush=True)
-        self.path.write_text(json.dumps(self.data, indent=2) + "\n")
 
 
 def kernel_ms(fn: Callable[[], torch.Tensor], runs: int = 20) -> tuple[float, torch.Tensor]:
@@ -84,23 +70,37 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return round(float((a.float() - b.float()).abs().max()), 5)
 
 
-@contextlib.contextmanager
-def sdpa_backend(name: str | None):
-    if name is None:
-        yield
-        return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel([getattr(SDPBackend, name)]):
-        yield
-
-
 def timed_first_call(fn: Callable[[], torch.Tensor]) -> float:
     started = time.perf_counter()
     fn()
     if CUDA:
         torch.cuda.synchronize()
     return round(time.perf_counter() - started, 2)
+
+
+def measure_variants(report: Report, module, case: str, tensors: dict[str, torch.Tensor], variants: list[str],
+                     decode: bool = False, runs: int = 20, cached_compile: bool = False) -> None:
+    """One row per variant: kernel time, first-call time, and the largest difference from the first
+    variant's output (the fp16 tolerance check); a failing variant is recorded and the rest still run."""
+    reference = None
+    for variant in variants:
+        try:
+            with applied(module, Acceleration.parse(variant), decode=decode) as call:
+                first = timed_first_call(lambda: call(**tensors))
+                ms, out = kernel_ms(graphed(call, tensors), runs=runs)
+                row = dict(case=case, variant=variant, ms=ms, first_call_s=first)
+                if reference is None:
+                    reference = out.detach().clone()
+                else:
+                    row["max_abs_diff_vs_first"] = max_diff(out, reference)
+                if "compile" in variant and cached_compile:
+                    torch._dynamo.reset()
+                    row["first_call_cached_s"] = timed_first_call(lambda: call(**tensors))
+            report.add(**row)
+        except Exception as e:  # noqa: BLE001 - one variant failing must not lose the others
+            report.add(case=case, variant=variant, error=f"{type(e).__name__}: {e}"[:400])
+        finally:
+            torch._dynamo.reset()
 
 
 # --------------------------------------------------------------------------------------------- UNet
@@ -116,14 +116,6 @@ def unet_inputs(family: str, batch: int, latent: int, device, dtype) -> dict[str
         tensors["time_ids"] = torch.tensor([[latent * 8, latent * 8, 0, 0, latent * 8, latent * 8]] * batch)
     return {k: v.to(device, dtype if v.is_floating_point() and k != "timestep" else v.dtype)
             for k, v in tensors.items()}
-
-
-def unet_call(unet, sdpa: str | None = None):
-    def call(x, timestep, context, pooled=None, time_ids=None):
-        added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
-        with sdpa_backend(sdpa):
-            return unet(x, timestep, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False)[0]
-    return call
 
 
 def bench_unet(report: Report, family: str, batches: list[int], args) -> None:
@@ -145,26 +137,8 @@ def bench_unet(report: Report, family: str, batches: list[int], args) -> None:
         tensors = unet_inputs(family, batch, latent, device, dtype)
         if args.tiny:
             tensors["context"] = tensors["context"][..., :32]
-        reference = None
-        for variant in args.unet_variants:
-            case = f"{name} batch {batch}"
-            try:
-                with applied(unet, Acceleration.parse(variant)) as call:
-                    first = timed_first_call(lambda: call(**tensors))
-                    ms, out = kernel_ms(graphed(call, tensors))
-                    row = dict(case=case, variant=variant, ms=ms, first_call_s=first)
-                    if reference is None:
-                        reference = out.detach().clone()
-                    else:
-                        row["max_abs_diff_vs_first"] = max_diff(out, reference)
-                    if "compile" in variant and args.cached_compile:
-                        torch._dynamo.reset()
-                        row["first_call_cached_s"] = timed_first_call(lambda: call(**tensors))
-                report.add(**row)
-            except Exception as e:  # noqa: BLE001 - one variant failing must not lose the others
-                report.add(case=case, variant=variant, error=f"{type(e).__name__}: {e}"[:400])
-            finally:
-                torch._dynamo.reset()
+        measure_variants(report, unet, f"{name} batch {batch}", tensors, args.unet_variants,
+                         cached_compile=args.cached_compile)
     del unet
     if CUDA:
         torch.cuda.empty_cache()
@@ -184,23 +158,8 @@ def bench_vae(report: Report, cases: list[tuple[int, int]], args) -> None:
     for size, batch in cases:
         latent = (16 if args.tiny else size) // 8
         tensors = {"z": torch.randn(batch, 4, latent, latent, device=device, dtype=dtype)}
-        reference = None
-        for variant in args.vae_variants:
-            case = f"VAE decode {size}x{size} batch {batch}"
-            try:
-                with applied(vae, Acceleration.parse(variant), decode=True) as call:
-                    first = timed_first_call(lambda: call(**tensors))
-                    ms, out = kernel_ms(graphed(call, tensors), runs=10)
-                    row = dict(case=case, variant=variant, ms=ms, first_call_s=first)
-                    if reference is None:
-                        reference = out.detach().clone()
-                    else:
-                        row["max_abs_diff_vs_first"] = max_diff(out, reference)
-                report.add(**row)
-            except Exception as e:  # noqa: BLE001
-                report.add(case=case, variant=variant, error=f"{type(e).__name__}: {e}"[:400])
-            finally:
-                torch._dynamo.reset()
+        measure_variants(report, vae, f"VAE decode {size}x{size} batch {batch}", tensors, args.vae_variants,
+                         decode=True, runs=10)
     del vae
     if CUDA:
         torch.cuda.empty_cache()
@@ -272,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.unet_variants = args.unet_variants.split(",")
     args.vae_variants = args.vae_variants.split(",")
-    report = Report(args.out)
+    report = Report(args.out, "gpu_variants.json")
     torch.backends.cudnn.benchmark = True
     with torch.no_grad():
         for section in args.sections.split(","):

@@ -97,9 +97,10 @@ def _forward(module: torch.nn.Module, decode: bool) -> Callable[..., torch.Tenso
         def call(z):
             return module.decode(z, return_dict=False)[0]
     else:
+        from modules.sd_model import call_unet
+
         def call(x, timestep, context, pooled=None, time_ids=None):
-            added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
-            return module(x, timestep, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False)[0]
+            return call_unet(module, x, timestep, context, pooled, time_ids)
     return call
 
 

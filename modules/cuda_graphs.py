@@ -192,7 +192,6 @@ class WarmingRunner:
                 threading.Thread(target=self._compile, args=(key, warmup, examples), daemon=True,
                                  name=f"compile-{self.label}").start()
         if warmup.finished is not None and warmup.error is None:
-            self.plain.forget(key)  # its graph's memory is not needed any more
             return self.fast(**tensors)
         return self.plain(**tensors)
 
@@ -217,6 +216,8 @@ class WarmingRunner:
                 warmup.error = f"{type(e).__name__}: {e}"[:300]
             finally:
                 _gate.end_compile()
+            if warmup.error is None:
+                self.plain.forget(key)  # the compiled graph replaces it: its memory is not needed any more
             warmup.finished = time.perf_counter()
         if warmup.error:
             log.warning("Compiling %s failed after %.1f s; it stays on the plain path: %s", warmup.label,

@@ -34,10 +34,19 @@ class ComponentSwapper:
         with self._lock:
             if self.resident is module:
                 return
-            if self.resident is not None:
-                torch.nn.Module.to(self.resident, "cpu")
+            self._send_back()
             torch.nn.Module.to(module, self.device)
             self.resident = module
+
+    def make_room(self) -> None:
+        """Send the resident part back to the CPU (for parts that move by themselves, like a streamed UNet)."""
+        with self._lock:
+            self._send_back()
+
+    def _send_back(self) -> None:
+        if self.resident is not None:
+            torch.nn.Module.to(self.resident, "cpu")
+            self.resident = None
 
 
 def apply(model, mode: str) -> None:
@@ -60,10 +69,5 @@ def apply(model, mode: str) -> None:
     use_stream = device.type == "cuda"
     apply_group_offloading(model.unet, onload_device=device, offload_type="leaf_level", use_stream=use_stream)
 
-    def unet_goes_up(_module, _args):
-        # The UNet's layers come and go by themselves; the other parts must leave room for them.
-        with swapper._lock:
-            if swapper.resident is not None:
-                torch.nn.Module.to(swapper.resident, "cpu")
-                swapper.resident = None
-    model.unet.register_forward_pre_hook(unet_goes_up)
+    # The UNet's layers come and go by themselves; the other parts must leave room for them.
+    model.unet.register_forward_pre_hook(lambda _module, _args: swapper.make_room())

@@ -67,7 +67,6 @@ def load_checkpoint(info: CheckpointInfo, policy: DevicePolicy, vae_path: Path |
     home = policy.device if policy.memory_mode == "normal" else torch.device("cpu")
     for encoder in encoders:
         encoder.model.to(home, policy.text_encoder_dtype).eval()
-        encoder.device = policy.device
 
     spec = FAMILIES[configs.family]
     model = StableDiffusionModel(
