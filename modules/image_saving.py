@@ -177,10 +177,6 @@ def write_image_atomic(image: Image.Image, path: Path, infotext: str | None = No
     return path
 
 
-def save_png_atomic(image: Image.Image, path: Path, infotext: str | None = None) -> Path:
-    return write_image_atomic(image, path.with_suffix(".png"), infotext)
-
-
 def _folder(options: SaveOptions, subfolder: str, facts: ImageFacts) -> Path:
     folder = Path(options.outputs_dir) / subfolder
     if options.save_to_dirs:
@@ -224,13 +220,6 @@ def image_grid(images: list[Image.Image], rows: int | None = None) -> Image.Imag
     for index, image in enumerate(images):
         grid.paste(image, ((index % cols) * width, (index // cols) * height))
     return grid
-
-
-def save_generated_image(image: Image.Image, outputs_dir: Path, kind: str, seed: int, infotext: str,
-                         today: _dt.date | None = None) -> Path:
-    """Default layout, PNG: outputs_dir/<kind>-images/<date>/NNNNN-<seed>.png."""
-    now = _dt.datetime.combine(today, _dt.time()) if today else _dt.datetime.now()
-    return save_image(image, SaveOptions(outputs_dir=outputs_dir), kind, ImageFacts(seed=seed, now=now), infotext)
 
 
 def read_parameters(path_or_image) -> str | None:
