@@ -29,6 +29,11 @@ import torch
 # A block class's forward is one code object; each distinct input shape (SD1.5's UNet has about 20 for
 # ResnetBlock2D) is one more entry under it, and past Dynamo's default limit of 8 it would run eagerly.
 RECOMPILE_LIMIT = 64
+# 1x1 convolutions as matrix multiplies (fusable with their neighbours), per-kernel launch parameters
+# refined by timing, and no epilogue fusion into GEMM templates: the settings of diffusers' guide to
+# compiling its UNets. Measured one by one in bench/RESULTS.md.
+TUNED_INDUCTOR = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
+                  "coordinate_descent_check_all_directions": True, "epilogue_fusion": False}
 COMPILED_BLOCKS = frozenset({"ResnetBlock2D", "Transformer2DModel", "Downsample2D", "Upsample2D", "Attention"})
 
 
@@ -39,10 +44,11 @@ class Acceleration:
     sdpa_backend: str | None = None  # a torch.nn.attention.SDPBackend name, e.g. "CUDNN_ATTENTION"
     compile: str | None = None  # None | "blocks" | "full"
     autotune: bool = False  # Inductor's max-autotune (Triton GEMM/conv templates timed per shape; slow to compile)
+    tuned: bool = False  # Inductor settings diffusers recommends for its UNets (TUNED_INDUCTOR)
 
     @classmethod
     def parse(cls, text: str) -> "Acceleration":
-        """'nchw' or '+'-joined parts: cl, fused_qkv, sdpa=NAME, compile=blocks|full, autotune."""
+        """'nchw' or '+'-joined parts: cl, fused_qkv, sdpa=NAME, compile=blocks|full, autotune, tuned."""
         fields: dict[str, object] = {}
         for part in filter(None, text.split("+")):
             key, _, value = part.partition("=")
@@ -56,8 +62,8 @@ class Acceleration:
                 fields["sdpa_backend"] = value
             elif key == "compile" and value in ("blocks", "full"):
                 fields["compile"] = value
-            elif key == "autotune":
-                fields["autotune"] = True
+            elif key in ("autotune", "tuned"):
+                fields[key] = True
             else:
                 raise ValueError(f"unknown acceleration part {part!r}")
         return cls(**fields)
@@ -115,9 +121,9 @@ def applied(module: torch.nn.Module, acceleration: Acceleration, decode: bool = 
         module.fuse_qkv_projections()
     forward = _forward(module, decode)
     if acceleration.compile == "full":
-        forward = compiled_for_inference(forward, acceleration.autotune)
+        forward = compiled_for_inference(forward, acceleration.autotune, acceleration.tuned)
     elif acceleration.compile == "blocks":
-        forward = _forward(compiled_blocks(module, acceleration.autotune), decode)
+        forward = _forward(compiled_blocks(module, acceleration.autotune, acceleration.tuned), decode)
 
     def call(**tensors):
         if acceleration.channels_last:
@@ -142,16 +148,22 @@ def _raise_recompile_limits() -> None:
         torch._dynamo.config.accumulated_recompile_limit, RECOMPILE_LIMIT * 4)
 
 
-def _mode(autotune: bool) -> str | None:
+def _options(autotune: bool, tuned: bool) -> dict[str, object]:
     # Never Inductor's own CUDA graphs ("reduce-overhead"): cuda_graphs.py captures the compiled code.
-    return "max-autotune-no-cudagraphs" if autotune else None
+    options: dict[str, object] = {"triton.cudagraphs": False}
+    if autotune:
+        options.update(max_autotune=True, coordinate_descent_tuning=True)
+    if tuned:
+        options.update(TUNED_INDUCTOR)
+    return options
 
 
-def compiled_for_inference(fn: Callable[..., torch.Tensor], autotune: bool = False) -> Callable[..., torch.Tensor]:
+def compiled_for_inference(fn: Callable[..., torch.Tensor], autotune: bool = False,
+                           tuned: bool = False) -> Callable[..., torch.Tensor]:
     """`fn` compiled by Inductor for fixed shapes; the module behind it is untouched, so the plain path
     keeps working while the compiled one is built. Graphs are cached on disk (TORCHINDUCTOR_CACHE_DIR)."""
     _raise_recompile_limits()
-    return torch.compile(fn, dynamic=False, mode=_mode(autotune))
+    return torch.compile(fn, dynamic=False, options=_options(autotune, tuned))
 
 
 def shared_weight_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -161,11 +173,11 @@ def shared_weight_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def compiled_blocks(module: torch.nn.Module, autotune: bool = False) -> torch.nn.Module:
+def compiled_blocks(module: torch.nn.Module, autotune: bool = False, tuned: bool = False) -> torch.nn.Module:
     """A weight-sharing copy of `module` with each repeated block (COMPILED_BLOCKS) compiled by
     Inductor; `module` itself stays uncompiled."""
     _raise_recompile_limits()
     twin = shared_weight_copy(module)
     for block in _outermost_blocks(twin):
-        block.compile(dynamic=False, mode=_mode(autotune))
+        block.compile(dynamic=False, options=_options(autotune, tuned))
     return twin

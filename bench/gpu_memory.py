@@ -1,0 +1,101 @@
+"""Where the peak GPU memory of one txt2img image goes: the allocations alive at the peak, with the code
+that made them.
+
+PyTorch's allocator records every allocation while `_record_memory_history` is on; replaying that
+trace finds the moment of the highest allocated total (the figure torch.cuda.max_memory_allocated
+reports) and the blocks alive then. One SD1.5 512x512 image (random weights of the real architecture)
+per path: eager, CUDA graphs (the first call, which captures, and a later one).
+
+    python bench/gpu_memory.py --out bench/results/gpu
+
+Writes <out>/gpu_memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import torch  # noqa: E402
+
+from gpu_speed import Case, Report, load_ours, run_ours, sync, write_checkpoint  # noqa: E402
+
+MiB = 2**20
+
+
+def _where(frames: list[dict]) -> str:
+    """The innermost frames in this project or diffusers: enough to name the layer that allocated."""
+    picked = [f"{Path(f['filename']).name}:{f['line']} {f['name']}" for f in frames
+              if ("modules/" in f["filename"] or "diffusers" in f["filename"] or "transformers" in f["filename"])]
+    return " < ".join(picked[:4]) or (f"{frames[0]['filename']}:{frames[0]['line']}" if frames else "?")
+
+
+def peak_from_trace(trace: list[dict], baseline: int, top: int = 12) -> dict:
+    """Replays alloc/free events: the peak allocated bytes above `baseline` and the largest blocks
+    alive at that moment, summed by the code that allocated them."""
+    live: dict[int, dict] = {}
+    total = peak = 0
+    at_peak: list[dict] = []
+    for event in trace:
+        if event["action"] == "alloc":
+            live[event["addr"]] = event
+            total += event["size"]
+            if total > peak:
+                peak, at_peak = total, list(live.values())
+        elif event["action"] == "free_completed" and event["addr"] in live:
+            total -= live.pop(event["addr"])["size"]
+    by_site: dict[str, int] = {}
+    for event in at_peak:
+        site = _where(event.get("frames", []))
+        by_site[site] = by_site.get(site, 0) + event["size"]
+    largest = sorted(by_site.items(), key=lambda kv: -kv[1])[:top]
+    return {"peak_gib": round((baseline + peak) / 2**30, 3), "transient_mib": round(peak / MiB, 1),
+            "alive_at_peak_mib": [{"mib": round(size / MiB, 1), "where": site} for site, size in largest]}
+
+
+def traced_image(call, i: int) -> dict:
+    sync()
+    baseline = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.memory._record_memory_history(max_entries=500_000)
+    try:
+        call(i)
+        sync()
+        snapshot = torch.cuda.memory._snapshot()
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    trace = [e for device in snapshot["device_traces"] for e in device]
+    row = peak_from_trace(trace, baseline)
+    row["weights_and_resident_gib"] = round(baseline / 2**30, 3)
+    row["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu")
+    args = parser.parse_args(argv)
+    report = Report(args.out, "gpu_memory.json")
+    case = Case("SD1.5 512x512 20 steps", "sd1", 512, 20)
+    with tempfile.TemporaryDirectory() as work:
+        model = load_ours(write_checkpoint("sd1", Path(work), "cuda", tiny=False), torch.device("cuda"))
+        outputs = Path(work) / "outputs"
+        outputs.mkdir()
+        call = run_ours(model, case, outputs)
+        call(0)
+        report.add(case=case.name, what="eager, second image", **traced_image(call, 1))
+        model.set_policy(dataclasses.replace(model.policy, cuda_graphs=True))
+        report.add(case=case.name, what="cuda-graphs, first image (captures)", **traced_image(call, 2))
+        report.add(case=case.name, what="cuda-graphs, later image", **traced_image(call, 3))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
