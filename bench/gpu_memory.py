@@ -7,6 +7,10 @@ reports) and the blocks alive then. One SD1.5 512x512 image (random weights of t
 per path: eager, CUDA graphs (the first call, which captures, and a later one).
 
     python bench/gpu_memory.py --out bench/results/gpu
+    python bench/gpu_memory.py --vae-decode [--channels-last] --out DIR   # the VAE decode alone, 512x512
+
+The second form measures the decoder's peak and time for one memory layout; run it in a fresh process
+per cuDNN setting (CUDNN_CONV_WSCAP_DBG, read when cuDNN starts).
 
 Writes <out>/gpu_memory.json.
 """
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 
-from gpu_speed import Case, Report, load_ours, run_ours, sync, write_checkpoint  # noqa: E402
+from gpu_speed import VAE, Case, Report, load_ours, run_ours, sync, write_checkpoint  # noqa: E402
 
 MiB = 2**20
 
@@ -33,7 +39,7 @@ MiB = 2**20
 def _where(frames: list[dict]) -> str:
     """The innermost frames in this project or diffusers: enough to name the layer that allocated."""
     picked = [f"{Path(f['filename']).name}:{f['line']} {f['name']}" for f in frames
-              if ("modules/" in f["filename"] or "diffusers" in f["filename"] or "transformers" in f["filename"])]
+              if any(part in f["filename"] for part in ("/diffusers/", "/transformers/", str(ROOT / "modules")))]
     return " < ".join(picked[:4]) or (f"{frames[0]['filename']}:{frames[0]['line']}" if frames else "?")
 
 
@@ -78,11 +84,43 @@ def traced_image(call, i: int) -> dict:
     return row
 
 
+def vae_decode_alone(report: Report, channels_last: bool) -> None:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**VAE).to("cuda", torch.float16).eval()
+    z = torch.randn(1, 4, 64, 64, device="cuda", dtype=torch.float16)
+    if channels_last:
+        vae.to(memory_format=torch.channels_last)
+        z = z.contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.no_grad():
+        for _ in range(12):
+            sync()
+            baseline = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            vae.decode(z, return_dict=False)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    report.add(case="VAE decode 512x512 batch 1, eager", channels_last=channels_last,
+               cudnn_workspace_cap_mib=os.environ.get("CUDNN_CONV_WSCAP_DBG"),
+               transient_mib=round((torch.cuda.max_memory_allocated() - baseline) / MiB, 1),
+               ms=round(statistics.median(times[2:]), 2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu")
+    parser.add_argument("--vae-decode", action="store_true")
+    parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args(argv)
     report = Report(args.out, "gpu_memory.json")
+    if args.vae_decode:
+        vae_decode_alone(report, args.channels_last)
+        return 0
     case = Case("SD1.5 512x512 20 steps", "sd1", 512, 20)
     with tempfile.TemporaryDirectory() as work:
         model = load_ours(write_checkpoint("sd1", Path(work), "cuda", tiny=False), torch.device("cuda"))
