@@ -150,6 +150,7 @@ class ModelManager:
             if current is not None and current.checkpoint.path == info.path and \
                     current.vae_name == (vae.path.name if vae else None):
                 return current
+            del current  # a reference held here would keep the old model's memory through the load
             self.unload()
             log.info("Loading %s", info.title)
             self._loaded = load_checkpoint(info, self.policy, vae.path if vae else None)
@@ -165,7 +166,13 @@ class ModelManager:
         with self._lock:
             if self._loaded is None:
                 return
-            self._loaded = None
+            model, self._loaded = self._loaded, None
+            # Graph runners call back into the model (a reference cycle): dropping them lets the
+            # model go as soon as the last reference does, not at some later garbage collection.
+            model.forget_compiled_state()
+            del model
             gc.collect()
             if torch.cuda.is_available():
+                # cuBLAS keeps a workspace per stream it ran on, graph-capture streams included.
+                torch._C._cuda_clearCublasWorkspaces()
                 torch.cuda.empty_cache()

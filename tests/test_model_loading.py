@@ -104,6 +104,27 @@ def test_manager_switches_and_unloads(tmp_path):
     assert manager.loaded is None
 
 
+def test_a_switch_frees_the_previous_model_at_once(tmp_path):
+    # With CUDA graphs each part's runner calls back into the model, a reference cycle that only a
+    # garbage collection would break; a switch must not leave the old model's memory to chance.
+    import gc
+    import weakref
+
+    _install(tmp_path, "sd1", "safetensors")
+    _install(tmp_path, "sdxl", "ckpt")
+    manager = _manager(tmp_path)
+    first = manager.get("tiny-sd1")
+    first._runner("UNet", first._unet_forward)  # the runner the GPU path builds on its first step
+    gone = weakref.ref(first)
+    del first
+    gc.disable()
+    try:
+        manager.get("tiny-sdxl")
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
 def test_preferred_checkpoint_flag_wins(tmp_path):
     _install(tmp_path, "sd1", "safetensors")
     other = _install(tmp_path, "sd2_v", "safetensors")
