@@ -71,9 +71,13 @@ class StableDiffusionModel:
             encoder.device = encoder.device or policy.device
             encoder._runners.clear()
         # Compiled convolutions run fastest in cuDNN's NHWC layout (bench/RESULTS.md); eager ones do not.
-        layout = torch.channels_last if policy.replays_graphs and policy.compile else torch.contiguous_format
-        self.unet.to(memory_format=layout)
-        self.vae.to(memory_format=layout)
+        compiled = policy.replays_graphs and policy.compile
+        self.unet.to(memory_format=torch.channels_last if compiled else torch.contiguous_format)
+        # The VAE decoder's full-resolution convolutions in NCHW need cuDNN workspace for layout
+        # transposes: the largest transient of a 512x512 job, 610 MiB against 448 MiB in NHWC for
+        # 4.7 ms more per decode (bench/RESULTS.md). Memory is what a smaller card runs out of.
+        on_gpu = policy.device.type == "cuda"
+        self.vae.to(memory_format=torch.channels_last if on_gpu else torch.contiguous_format)
 
     @property
     def is_sdxl(self) -> bool:
