@@ -18,10 +18,13 @@ Writes <out>/gpu_variants.json after every measurement.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
+import re
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -78,6 +81,24 @@ def timed_first_call(fn: Callable[[], torch.Tensor]) -> float:
     return round(time.perf_counter() - started, 2)
 
 
+@contextlib.contextmanager
+def own_compile_cache(variant: str):
+    """Inductor's on-disk caches key a graph by the traced program and Inductor's own settings, not by
+    switches set around the call (a pinned attention kernel): without a cache per variant, a variant
+    can be served the graphs another one compiled (an attention-kernel comparison in bench/RESULTS.md
+    gave identical outputs and could not tell the two apart)."""
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    root = Path(previous or tempfile.gettempdir()) / "variants"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / re.sub(r"[^\w.=+-]", "_", variant))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+
+
 def measure_variants(report: Report, module, case: str, tensors: dict[str, torch.Tensor], variants: list[str],
                      decode: bool = False, runs: int = 20, cached_compile: bool = False) -> None:
     """One row per variant: kernel time, first-call time, and the largest difference from the first
@@ -85,7 +106,7 @@ def measure_variants(report: Report, module, case: str, tensors: dict[str, torch
     reference = None
     for variant in variants:
         try:
-            with applied(module, Acceleration.parse(variant), decode=decode) as call:
+            with own_compile_cache(variant), applied(module, Acceleration.parse(variant), decode=decode) as call:
                 first = timed_first_call(lambda: call(**tensors))
                 ms, out = kernel_ms(graphed(call, tensors), runs=runs)
                 row = dict(case=case, variant=variant, ms=ms, first_call_s=first)
