@@ -9,8 +9,11 @@ their compile time the first time and again from the on-disk cache after `torch.
     python bench/gpu_variants.py --tiny --out /tmp/variants     # tiny shapes on the CPU: checks the script
 
 A variant is '+'-joined parts (modules/acceleration.py): nchw, cl, fused_qkv, sdpa=NAME, compile=blocks|full,
-autotune (Inductor's max-autotune: minutes of compiling, so not in the default list), e.g.
-`--unet-variants nchw,cl+compile=full+autotune`.
+autotune (Inductor's max-autotune: minutes of compiling, so not in the default list), tuned, e.g.
+`--unet-variants nchw,cl+compile=full+autotune`. Two more parts measure what the application does
+without choosing it, as "before" rows: fp32 (weights and inputs in float32 instead of fp16) and split
+(cond and uncond as two calls of half the batch instead of one batched call); sdpa=MATH is attention
+without a fused kernel. E.g. `--unet-variants nchw,fp32,split,sdpa=MATH --vae-variants nchw,fp32`.
 
 Writes <out>/gpu_variants.json after every measurement.
 """
@@ -99,6 +102,29 @@ def own_compile_cache(variant: str):
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
 
 
+BEFORE_PARTS = ("fp32", "split")
+
+
+@contextlib.contextmanager
+def in_float32(module: torch.nn.Module, tensors: dict[str, torch.Tensor]):
+    """The module and its floating-point inputs in float32 for the duration."""
+    dtype = next(module.parameters()).dtype
+    module.float()
+    try:
+        yield {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    finally:
+        module.to(dtype)
+
+
+def split_batch(call: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Cond and uncond as two calls of half the batch each."""
+    def halves(**tensors):
+        first = {k: v.chunk(2)[0] for k, v in tensors.items()}
+        second = {k: v.chunk(2)[1] for k, v in tensors.items()}
+        return torch.cat([call(**first), call(**second)])
+    return halves
+
+
 def measure_variants(report: Report, module, case: str, tensors: dict[str, torch.Tensor], variants: list[str],
                      decode: bool = False, runs: int = 20, cached_compile: bool = False) -> None:
     """One row per variant: kernel time, first-call time, and the largest difference from the first
@@ -106,9 +132,14 @@ def measure_variants(report: Report, module, case: str, tensors: dict[str, torch
     reference = None
     for variant in variants:
         try:
-            with own_compile_cache(variant), applied(module, Acceleration.parse(variant), decode=decode) as call:
-                first = timed_first_call(lambda: call(**tensors))
-                ms, out = kernel_ms(graphed(call, tensors), runs=runs)
+            parts = variant.split("+")
+            acceleration = Acceleration.parse("+".join(p for p in parts if p not in BEFORE_PARTS))
+            precision = in_float32(module, tensors) if "fp32" in parts else contextlib.nullcontext(tensors)
+            with own_compile_cache(variant), precision as inputs, applied(module, acceleration, decode=decode) as call:
+                if "split" in parts:
+                    call = split_batch(call)
+                first = timed_first_call(lambda: call(**inputs))
+                ms, out = kernel_ms(graphed(call, inputs), runs=runs)
                 row = dict(case=case, variant=variant, ms=ms, first_call_s=first)
                 if reference is None:
                     reference = out.detach().clone()
@@ -116,7 +147,7 @@ def measure_variants(report: Report, module, case: str, tensors: dict[str, torch
                     row["max_abs_diff_vs_first"] = max_diff(out, reference)
                 if "compile" in variant and cached_compile:
                     torch._dynamo.reset()
-                    row["first_call_cached_s"] = timed_first_call(lambda: call(**tensors))
+                    row["first_call_cached_s"] = timed_first_call(lambda: call(**inputs))
             report.add(**row)
         except Exception as e:  # noqa: BLE001 - one variant failing must not lose the others
             report.add(case=case, variant=variant, error=f"{type(e).__name__}: {e}"[:400])
