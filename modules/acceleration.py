@@ -46,10 +46,11 @@ class Acceleration:
     compile: str | None = None  # None | "blocks" | "full"
     autotune: bool = False  # Inductor's max-autotune (Triton GEMM/conv templates timed per shape; slow to compile)
     tuned: bool = False  # Inductor settings diffusers recommends for its UNets (TUNED_INDUCTOR)
+    quick: bool = False  # one launch configuration per pointwise kernel, not several compiled and timed
 
     @classmethod
     def parse(cls, text: str) -> "Acceleration":
-        """'nchw' or '+'-joined parts: cl, fused_qkv, sdpa=NAME, compile=blocks|full, autotune, tuned."""
+        """'nchw' or '+'-joined parts: cl, fused_qkv, sdpa=NAME, compile=blocks|full, autotune, tuned, quick."""
         fields: dict[str, object] = {}
         for part in filter(None, text.split("+")):
             key, _, value = part.partition("=")
@@ -63,7 +64,7 @@ class Acceleration:
                 fields["sdpa_backend"] = value
             elif key == "compile" and value in ("blocks", "full"):
                 fields["compile"] = value
-            elif key in ("autotune", "tuned"):
+            elif key in ("autotune", "tuned", "quick"):
                 fields[key] = True
             else:
                 raise ValueError(f"unknown acceleration part {part!r}")
@@ -122,9 +123,9 @@ def applied(module: torch.nn.Module, acceleration: Acceleration, decode: bool = 
         module.fuse_qkv_projections()
     forward = _forward(module, decode)
     if acceleration.compile == "full":
-        forward = compiled_for_inference(forward, acceleration.autotune, acceleration.tuned)
+        forward = compiled_for_inference(forward, acceleration)
     elif acceleration.compile == "blocks":
-        forward = _forward(compiled_blocks(module, acceleration.autotune, acceleration.tuned), decode)
+        forward = _forward(compiled_blocks(module, acceleration), decode)
 
     def call(**tensors):
         if acceleration.channels_last:
@@ -149,22 +150,26 @@ def _raise_recompile_limits() -> None:
         torch._dynamo.config.accumulated_recompile_limit, RECOMPILE_LIMIT * 4)
 
 
-def _options(autotune: bool, tuned: bool) -> dict[str, object]:
+def _options(acceleration: Acceleration) -> dict[str, object]:
     # Never Inductor's own CUDA graphs ("reduce-overhead"): cuda_graphs.py captures the compiled code.
     options: dict[str, object] = {"triton.cudagraphs": False}
-    if autotune:
+    if acceleration.autotune:
         options.update(max_autotune=True, coordinate_descent_tuning=True)
-    if tuned:
+    if acceleration.tuned:
         options.update(TUNED_INDUCTOR)
+    if acceleration.quick:
+        # Most of a first compilation is spent compiling Triton kernels (on the CPU, 46 of 88 s waiting
+        # for kernel builds against 3 s of tracing); pointwise kernels otherwise build several variants.
+        options["triton.autotune_pointwise"] = False
     return options
 
 
-def compiled_for_inference(fn: Callable[..., torch.Tensor], autotune: bool = False,
-                           tuned: bool = False) -> Callable[..., torch.Tensor]:
+def compiled_for_inference(fn: Callable[..., torch.Tensor],
+                           acceleration: Acceleration = Acceleration()) -> Callable[..., torch.Tensor]:
     """`fn` compiled by Inductor for fixed shapes; the module behind it is untouched, so the plain path
     keeps working while the compiled one is built. Graphs are cached on disk (TORCHINDUCTOR_CACHE_DIR)."""
     _raise_recompile_limits()
-    return torch.compile(fn, dynamic=False, options=_options(autotune, tuned))
+    return torch.compile(fn, dynamic=False, options=_options(acceleration))
 
 
 def shared_weight_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -174,11 +179,11 @@ def shared_weight_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def compiled_blocks(module: torch.nn.Module, autotune: bool = False, tuned: bool = False) -> torch.nn.Module:
+def compiled_blocks(module: torch.nn.Module, acceleration: Acceleration = Acceleration()) -> torch.nn.Module:
     """A weight-sharing copy of `module` with each repeated block (COMPILED_BLOCKS) compiled by
     Inductor; `module` itself stays uncompiled."""
     _raise_recompile_limits()
     twin = shared_weight_copy(module)
     for block in _outermost_blocks(twin):
-        block.compile(dynamic=False, options=_options(autotune, tuned))
+        block.compile(dynamic=False, options=_options(acceleration))
     return twin

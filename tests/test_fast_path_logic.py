@@ -88,6 +88,7 @@ def test_acceleration_variants_parse_and_undo_themselves(tmp_path):
 
     assert Acceleration.parse("cl+fused_qkv+sdpa=MATH") == Acceleration(True, True, "MATH")
     assert Acceleration.parse("nchw") == Acceleration()
+    assert Acceleration.parse("compile=blocks+quick+tuned") == Acceleration(compile="blocks", quick=True, tuned=True)
     with pytest.raises(ValueError, match="unknown acceleration part 'fast'"):
         Acceleration.parse("cl+fast")
 
