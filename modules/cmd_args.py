@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(faster at small batches; about 1 s per new shape)")
     device.add_argument("--compile", action="store_true",
                         help="compile the UNet and VAE decoder with torch.compile for each new image size, in the "
-                             "background (about a minute the first time, seconds from the cache); implies --cuda-graphs")
+                             "background (1.5 to 2 minutes the first time, about 10 s from the cache); implies --cuda-graphs")
     device.add_argument("--skip-torch-cuda-test", action="store_true",
                         help="start even when torch cannot use a GPU (runs on the CPU)")
 

@@ -69,8 +69,7 @@ def test_compiled_blocks_share_the_weights_and_leave_the_model_plain(tmp_path):
     with torch.no_grad():
         plain = call_unet(model.unet, x, t, context, None, None)
         compiled = call_unet(twin, x, t, context, None, None)
-        with torch.no_grad():  # an in-place weight change (a LoRA patch) reaches the copy too
-            model.unet.conv_out.bias.add_(1.0)
+        model.unet.conv_out.bias.add_(1.0)  # an in-place weight change (a LoRA patch) reaches the copy too
         patched = call_unet(twin, x, t, context, None, None)
     assert torch.allclose(plain, compiled, atol=1e-4)
     assert torch.allclose(patched, compiled + 1.0, atol=1e-4)
