@@ -5,7 +5,7 @@ GPU timing is the median of CUDA-event timings of graph replays (modules/cuda_gr
 overhead is out of the picture and what remains is the kernels' own time. Compiled variants record
 their compile time the first time and again from the on-disk cache after `torch._dynamo.reset()`.
 
-    python bench/gpu_variants.py --out bench/results/gpu [--sections unet15,vae,unetxl,text,png]
+    python bench/gpu_variants.py --out bench/results/gpu [--sections unet15,vae,unetxl,text,png,kv]
     python bench/gpu_variants.py --tiny --out /tmp/variants     # tiny shapes on the CPU: checks the script
 
 A variant is '+'-joined parts (modules/acceleration.py): nchw, cl, fused_qkv, sdpa=NAME, compile=blocks|full,
@@ -103,6 +103,16 @@ def own_compile_cache(variant: str):
 
 
 BEFORE_PARTS = ("fp32", "split")
+# Phases of a compilation worth reporting (torch._dynamo.utils.compile_times; nested, so they overlap).
+COMPILE_PHASES = ("bytecode_tracing", "create_aot_dispatcher_function", "GraphLowering.run", "Scheduler.__init__",
+                  "Scheduler.codegen", "async_compile.wait", "PyCodeCache.load_by_key_path", "compile_fx_inner")
+
+
+def compile_phases() -> dict[str, float]:
+    """Seconds spent in each of COMPILE_PHASES since the last torch._dynamo.reset()."""
+    names, values = torch._dynamo.utils.compile_times(repr="csv", aggregate=True)
+    spent = dict(zip(names, values))
+    return {name: round(float(spent[name]), 2) for name in COMPILE_PHASES if name in spent}
 
 
 @contextlib.contextmanager
@@ -145,6 +155,8 @@ def measure_variants(report: Report, module, case: str, tensors: dict[str, torch
                     reference = out.detach().clone()
                 else:
                     row["max_abs_diff_vs_first"] = max_diff(out, reference)
+                if "compile" in variant:
+                    row["compile_phases_s"] = compile_phases()
                 if "compile" in variant and cached_compile:
                     torch._dynamo.reset()
                     row["first_call_cached_s"] = timed_first_call(lambda: call(**inputs))
@@ -194,6 +206,31 @@ def bench_unet(report: Report, family: str, batches: list[int], args) -> None:
     del unet
     if CUDA:
         torch.cuda.empty_cache()
+
+
+def bench_context_projections(report: Report, family: str, args) -> None:
+    """GPU time of the cross-attention key and value projections of one UNet step (batch 2): what
+    computing them once per prompt instead of at every step would save."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import Attention
+
+    device, dtype = ("cuda", torch.float16) if CUDA else ("cpu", torch.float32)
+    config = dict(SDXL_UNET if family == "sdxl" else SD15_UNET)
+    if args.tiny:
+        config.update(block_out_channels=(32, 64, 64, 64)[:len(config["block_out_channels"])],
+                      attention_head_dim=2 if family != "sdxl" else (1, 2, 2),
+                      **({"transformer_layers_per_block": (1, 1, 1)} if family == "sdxl" else {}))
+    unet = UNet2DConditionModel(**config).to(device, dtype).eval()
+    layers = [m for m in unet.modules() if isinstance(m, Attention) and m.is_cross_attention]
+    context = torch.randn(2, 77, config["cross_attention_dim"], device=device, dtype=dtype)
+
+    def project(context):
+        return [p(context) for layer in layers for p in (layer.to_k, layer.to_v)]
+
+    ms, _ = kernel_ms(graphed(project, {"context": context}))
+    report.add(case=f"{'SDXL' if family == 'sdxl' else 'SD1.5'} cross-attention K/V projections, batch 2",
+               variant="cuda graph", ms=ms, projections=2 * len(layers))
+    del unet
 
 
 # --------------------------------------------------------------------------------------------- VAE
@@ -261,6 +298,21 @@ def bench_png(report: Report) -> None:
                 times.append((time.perf_counter() - started) * 1000)
             report.add(case=f"PNG {size}x{size}", variant=label, ms=round(statistics.median(times), 2),
                        bytes=len(data), cpu_count=os.cpu_count())
+        report.add(case=f"PNG {size}x{size}", variant="atomic write + fsync (modules/image_saving.py)",
+                   ms=_atomic_write_ms(image, data))
+
+
+def _atomic_write_ms(image, data: bytes) -> float:
+    """Median milliseconds of writing already-encoded bytes the way saved images are written."""
+    from modules.image_saving import write_image_atomic
+
+    times = []
+    with tempfile.TemporaryDirectory(dir=ROOT) as folder:
+        for i in range(5):
+            started = time.perf_counter()
+            write_image_atomic(image, Path(folder) / f"{i}.png", encoded=data)
+            times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 2)
 
 
 def _pillow_png(image, level: int) -> bytes:
@@ -295,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
                 bench_unet(report, "sd1", [int(b) for b in args.sd15_batches.split(",")], args)
             elif section == "vae":
                 bench_vae(report, [(512, 1), (512, 16), (1024, 1)], args)
+            elif section == "kv":
+                bench_context_projections(report, "sd1", args)
+                bench_context_projections(report, "sdxl", args)
             elif section == "unetxl":
                 bench_unet(report, "sdxl", [int(b) for b in args.sdxl_batches.split(",")], args)
     return 0

@@ -1,0 +1,177 @@
+"""Where one image's time goes on the GPU: a profiler timeline of one txt2img call, summarised.
+
+Runs one image the way the application does (no synchronisation added between stages) under
+torch.profiler and reports, from the trace:
+
+- the host's wall time and the GPU's span, busy time (union of kernels and copies) and idle time, with
+  the longest idle gaps and the host stage that was running when each began;
+- per stage (prompts, sampling, VAE decode, PNG + save), the kernels launched in it and their GPU time;
+- the kernels that take the most time, and totals by kind (convolution, GEMM, attention, Inductor's
+  fused Triton kernels, other).
+
+    python bench/gpu_timeline.py --family sd1 --path compile --out bench/results/gpu
+    python bench/gpu_timeline.py --tiny --out /tmp/timeline      # tiny model on the CPU: checks the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import torch  # noqa: E402
+
+from gpu_speed import Case, Report, load_ours, run_ours, wait_for_warmups, write_checkpoint  # noqa: E402
+
+STAGES = {"encode prompts": "encode_conditioning", "sampling": "sample_latents", "VAE decode": "decode_latents",
+          "PNG + save": "_collect"}
+KINDS = [("attention", re.compile(r"flash|fmha|attention|sdpa|cudnn_.*mha", re.I)),
+         ("convolution", re.compile(r"conv|fprop|dgrad|implicit_gemm|xmma_fprop|winograd", re.I)),
+         ("GEMM", re.compile(r"gemm|nvjet|cutlass|sm90_xmma|ampere_.*h[0-9]+|cublas", re.I)),
+         ("Inductor fused (Triton)", re.compile(r"^triton_", re.I)),
+         ("copy / fill", re.compile(r"memcpy|memset|copy|fill", re.I))]
+GPU_CATEGORIES = {"kernel", "gpu_memcpy", "gpu_memset"}
+
+
+def kind_of(name: str) -> str:
+    return next((kind for kind, pattern in KINDS if pattern.search(name)), "other")
+
+
+def union_length(intervals: list[tuple[float, float]]) -> tuple[float, list[tuple[float, float]]]:
+    """Total covered length of [start, end) intervals and the gaps between the covered stretches."""
+    covered, gaps, current = 0.0, [], None
+    for start, end in sorted(intervals):
+        if current is None or start > current[1]:
+            if current is not None:
+                covered += current[1] - current[0]
+                gaps.append((current[1], start))
+            current = [start, end]
+        else:
+            current[1] = max(current[1], end)
+    if current is not None:
+        covered += current[1] - current[0]
+    return covered, gaps
+
+
+def summarise(trace: dict) -> dict:
+    """The report's numbers from a Chrome trace written by torch.profiler (times in microseconds)."""
+    events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+    stages = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
+                    if e.get("cat") == "user_annotation" and e["name"] in STAGES)
+    [image] = [e for e in events if e.get("cat") == "user_annotation" and e["name"] == "image"]
+    launches = {e["args"]["correlation"]: e["ts"] for e in events
+                if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}
+    gpu = [e for e in events if e.get("cat") in GPU_CATEGORIES]
+
+    def stage_at(ts: float | None) -> str:
+        return next((name for start, end, name in stages if ts is not None and start <= ts <= end), "between stages")
+
+    per_stage: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    per_kernel: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    per_kind: dict[str, float] = defaultdict(float)
+    for e in gpu:
+        stage = stage_at(launches.get(e.get("args", {}).get("correlation")))
+        per_stage[stage][0] += 1
+        per_stage[stage][1] += e["dur"]
+        per_kernel[e["name"]][0] += 1
+        per_kernel[e["name"]][1] += e["dur"]
+        per_kind[kind_of(e["name"])] += e["dur"]
+    busy, gaps = union_length([(e["ts"], e["ts"] + e["dur"]) for e in gpu])
+    span = (max(e["ts"] + e["dur"] for e in gpu) - min(e["ts"] for e in gpu)) if gpu else 0.0
+    ms = 1e-3
+    return {
+        "host_wall_ms": round(image["dur"] * ms, 2),
+        "gpu_span_ms": round(span * ms, 2), "gpu_busy_ms": round(busy * ms, 2),
+        "gpu_idle_ms": round((span - busy) * ms, 2), "kernels": len(gpu),
+        "host_stage_ms": {name: round((end - start) * ms, 2) for start, end, name in stages},
+        "gpu_by_stage": {name: {"kernels": n, "gpu_ms": round(t * ms, 2)} for name, (n, t) in per_stage.items()},
+        "gpu_by_kind_ms": {k: round(t * ms, 2) for k, t in sorted(per_kind.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [{"name": name[:120], "calls": n, "gpu_ms": round(t * ms, 3)}
+                        for name, (n, t) in sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:30]],
+        "longest_idle_gaps": [{"ms": round((end - start) * ms, 3), "host_stage": stage_at(start)}
+                              for start, end in sorted(gaps, key=lambda g: g[0] - g[1])[:12]],
+        "idle_by_host_stage_ms": {name: round(sum(end - start for start, end in gaps if stage_at(start) == name) * ms, 2)
+                                  for name in [*STAGES, "between stages"]},
+    }
+
+
+def profiled_image(model, case: Case, outputs: Path) -> dict:
+    """One image under the profiler, each stage marked; the summary of its trace."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from modules import processing
+
+    originals = {name: getattr(processing, attr) for name, attr in STAGES.items()}
+
+    def marked(name):
+        def wrapper(*a, **k):
+            with record_function(name):
+                return originals[name](*a, **k)
+        return wrapper
+
+    call = run_ours(model, case, outputs)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    try:
+        for name, attr in STAGES.items():
+            setattr(processing, attr, marked(name))
+        with profile(activities=activities) as prof:
+            with record_function("image"):
+                call(0)
+    finally:
+        for name, attr in STAGES.items():
+            setattr(processing, attr, originals[name])
+    with tempfile.NamedTemporaryFile(suffix=".json") as handle:
+        prof.export_chrome_trace(handle.name)
+        return summarise(json.loads(Path(handle.name).read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu")
+    parser.add_argument("--family", choices=["sd1", "sdxl"], default="sd1")
+    parser.add_argument("--paths", default="graphs,compile", help="comma-separated: eager, graphs, compile")
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args(argv)
+    case = Case("SDXL 1024x1024 30 steps", "sdxl", 1024, 30) if args.family == "sdxl" else \
+        Case("SD1.5 512x512 20 steps", "sd1", 512, 20)
+    if args.tiny:
+        case = Case("tiny 64x64 4 steps", args.family, 64, 4)
+    device = torch.device("cpu" if args.tiny else "cuda")
+    report = Report(args.out, f"gpu_timeline-{args.family}.json")
+    with tempfile.TemporaryDirectory() as work:
+        model = load_ours(write_checkpoint(case.family, Path(work), device.type, args.tiny), device)
+        outputs = Path(work) / "outputs"
+        plain = model.policy
+        for path in args.paths.split(","):
+            model.set_policy(dataclasses.replace(plain, cuda_graphs=path in ("graphs", "compile"),
+                                                 compile=path == "compile"))
+            started = time.perf_counter()
+            if path == "compile":
+                from modules.generation_service import start_warm_up
+
+                start_warm_up(model)
+                wait_for_warmups(model, timeout=400)
+                from gpu_variants import compile_phases
+
+                report.add(case=case.name, path=path, compile_phases_s=compile_phases())
+            call = run_ours(model, case, outputs)
+            for i in range(3):  # captures, then steady state
+                call(i)
+            warm = time.perf_counter() - started
+            summary = profiled_image(model, case, outputs)
+            report.add(case=case.name, path=path, warm_up_s=round(warm, 1), **summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
