@@ -160,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
                 from modules.generation_service import start_warm_up
 
                 start_warm_up(model)
-                wait_for_warmups(model, timeout=400)
+                parts = wait_for_warmups(model, timeout=400)
                 from gpu_variants import compile_phases
 
-                report.add(case=case.name, path=path, compile_phases_s=compile_phases())
+                report.add(case=case.name, path=path, warm_up_parts_s=parts, seconds=round(time.perf_counter() - started, 1),
+                           compile_phases_s=compile_phases())
             call = run_ours(model, case, outputs)
             for i in range(3):  # captures, then steady state
                 call(i)

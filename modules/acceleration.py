@@ -179,11 +179,18 @@ def shared_weight_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def compiled_blocks(module: torch.nn.Module, acceleration: Acceleration = Acceleration()) -> torch.nn.Module:
+def compiled_blocks(module: torch.nn.Module, acceleration: Acceleration = Acceleration(),
+                    share: tuple[int, int] | None = None) -> torch.nn.Module:
     """A weight-sharing copy of `module` with each repeated block (COMPILED_BLOCKS) compiled by
-    Inductor; `module` itself stays uncompiled."""
+    Inductor; `module` itself stays uncompiled. `share=(i, n)` compiles only the i-th of n equal runs
+    of consecutive blocks (a compile helper's part, modules/compile_helpers.py); neighbours often have
+    the same shapes, so a run compiles fewer distinct graphs than as many blocks picked at random."""
     _raise_recompile_limits()
     twin = shared_weight_copy(module)
-    for block in _outermost_blocks(twin):
+    blocks = _outermost_blocks(twin)
+    if share is not None:
+        index, count = share
+        blocks = blocks[len(blocks) * index // count:len(blocks) * (index + 1) // count]
+    for block in blocks:
         block.compile(dynamic=False, options=_options(acceleration))
     return twin

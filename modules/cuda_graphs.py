@@ -186,10 +186,12 @@ class WarmingRunner:
     _compiling = threading.Lock()
 
     def __init__(self, plain: Callable[..., torch.Tensor], compiled: Callable[..., torch.Tensor], label: str,
-                 on_change: Callable[[], None] = lambda: None):
+                 on_change: Callable[[], None] = lambda: None,
+                 prebuild: Callable[[dict[str, torch.Tensor | None]], None] | None = None):
         self.plain = CudaGraphRunner(plain)
         self.fast = CudaGraphRunner(compiled)
         self.compiled = compiled
+        self.prebuild = prebuild  # fills the compile cache from other processes first (compile_helpers.py)
         self.label = label
         self.on_change = on_change
         self.warmups: dict[ShapeKey, WarmUp] = {}
@@ -214,11 +216,16 @@ class WarmingRunner:
 
     def _compile(self, key: ShapeKey, warmup: WarmUp, examples: dict[str, torch.Tensor | None]) -> None:
         log = logging.getLogger(__name__)
+        warmup.started = time.perf_counter()
+        log.info("Compiling %s in the background", warmup.label)
+        self.on_change()
+        if self.prebuild is not None:
+            try:  # outside the one-at-a-time lock: the helpers of several parts run at once
+                self.prebuild(examples)
+            except Exception as e:  # noqa: BLE001 - without helpers this process compiles everything itself
+                log.warning("Compile helpers for %s failed: %s", warmup.label, e)
         with self._compiling:
             _gate.begin_compile()
-            warmup.started = time.perf_counter()
-            log.info("Compiling %s in the background", warmup.label)
-            self.on_change()
             try:
                 side = _side_stream()
                 with torch.no_grad(), torch.cuda.stream(side):

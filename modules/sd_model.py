@@ -112,7 +112,7 @@ class StableDiffusionModel:
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled-back latents (in the VAE's dtype, on its device) -> pixels in [-1, 1], float32."""
         if self.policy.replays_graphs and latents.is_cuda:
-            return self._runner("VAE decoder", self._vae_decode)(z=latents)
+            return self._runner("VAE decoder", self._vae_decode, self._compiled_vae_decode)(z=latents)
         return self._vae_decode(latents)
 
     def forget_compiled_state(self, part: str | None = None) -> None:
@@ -127,19 +127,33 @@ class StableDiffusionModel:
         return [w for runner in self._runners.values() for w in getattr(runner, "warmups", {}).values()]
 
     def _runner(self, name: str, fn, compiled: Callable[[], Callable] | None = None):
-        """The graph runner of one part; with --compile, `compiled()` (default: fn compiled whole)
-        makes the compiled version that replaces fn once it is ready."""
+        """The graph runner of one part; with --compile, `compiled()` makes the compiled version that
+        replaces fn once it is ready (built with the help of other processes, compile_helpers.py)."""
         runner = self._runners.get(name)
         if runner is None:
-            from modules import acceleration, cuda_graphs
+            from modules import cuda_graphs
 
-            if self.policy.compile:
-                fast = compiled() if compiled else acceleration.compiled_for_inference(fn)
-                runner = cuda_graphs.WarmingRunner(fn, fast, name)
+            if self.policy.compile and compiled is not None:
+                runner = cuda_graphs.WarmingRunner(fn, compiled(), name, prebuild=self._prebuild_for(name))
             else:
                 runner = cuda_graphs.CudaGraphRunner(fn)
             self._runners[name] = runner
         return runner
+
+    def _prebuild_for(self, name: str) -> Callable[[dict], None] | None:
+        from modules import compile_helpers
+        from modules.acceleration import Acceleration
+
+        part, module = ("unet", self.unet) if name == "UNet" else ("vae", self.vae)
+        helpers = compile_helpers.helper_count(module)
+        if helpers < 1:
+            return None
+        return functools.partial(compile_helpers.prebuild, part, module, Acceleration(), helpers=helpers)
+
+    def _compiled_vae_decode(self) -> Callable:
+        from modules.compile_helpers import compiled_vae_decode
+
+        return compiled_vae_decode(self.vae)
 
     def _compiled_unet(self) -> Callable:
         # Repeated blocks compiled one by one: 17 % less compile time than the whole UNet for the same

@@ -102,3 +102,42 @@ def test_acceleration_variants_parse_and_undo_themselves(tmp_path):
             assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
             assert torch.allclose(call(**tensors).float(), plain, atol=1e-4)
         assert set(unet.state_dict()) == keys and unet.conv_in.weight.is_contiguous()
+
+
+def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path, monkeypatch):
+    """Two helper processes compile halves of a UNet's blocks (random weights of the same architecture);
+    compiling the loaded model afterwards builds no graph itself: every one comes from their cache."""
+    import torch
+
+    from modules import compile_helpers
+    from modules.acceleration import Acceleration, compiled_blocks
+    from modules.sd_model import call_unet
+    from tiny_models import load_tiny_model
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    model = load_tiny_model(tmp_path, "sd1")
+    g = torch.Generator().manual_seed(0)
+    tensors = {"x": torch.randn(2, 4, 8, 8, generator=g), "timestep": torch.tensor([500.0, 500.0]),
+               "context": torch.randn(2, 77, 32, generator=g), "pooled": None, "time_ids": None}
+    jobs = [compile_helpers.job_for("unet", model.unet, Acceleration(), tensors, share) for share in [(0, 2), (1, 2)]]
+    assert compile_helpers.Job.from_json(jobs[0].to_json()) == jobs[0]
+    assert compile_helpers.run_helpers(jobs) == []
+
+    counters = torch._dynamo.utils.counters["inductor"]
+    counters.clear()
+    with torch.no_grad():
+        compiled = call_unet(compiled_blocks(model.unet), **tensors)
+        plain = call_unet(model.unet, **tensors)
+    assert counters["fxgraph_cache_hit"] > 0 and counters["fxgraph_cache_miss"] == 0
+    assert torch.allclose(compiled, plain, atol=1e-4)
+    torch._dynamo.reset()
+
+
+def test_a_failing_compile_helper_reports_why(tmp_path):
+    from modules import compile_helpers
+
+    job = compile_helpers.Job(part="vae", config={"no_such_field": 1, "block_out_channels": "bad"}, dtype="float32",
+                              channels_last=False, requires_grad=False, acceleration={}, inputs={}, device="cpu")
+    [error] = compile_helpers.run_helpers([job])
+    assert error.startswith("vae None: exit 1") and "Error" in error

@@ -1,0 +1,197 @@
+"""A first compilation spread over helper processes, so the warm-up takes a fraction of its serial time.
+
+Inductor spends most of a first compilation in single-threaded Python (tracing, lowering, scheduling,
+code generation), one graph after another: about 35 of the 50 s that compiling SD1.5's UNet takes on
+a 16-core host (bench/RESULTS.md). The graphs of different blocks do not depend on each other, and
+Inductor caches each one on disk under what it computes (the traced program, its input shapes and
+dtypes, its own settings), not under the weights' values. So helper processes, each holding the same
+architecture with arbitrary weights, compile a share of the blocks into the shared on-disk cache at the
+same time; the serving process then compiles everything itself and finds each graph already built.
+A helper that fails only costs time: the serving process compiles whatever it does not find.
+
+The helper side is `python -m modules.compile_helpers`, reading one `Job` as JSON on stdin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from modules.acceleration import Acceleration, compiled_blocks, compiled_for_inference
+
+ROOT = Path(__file__).resolve().parent.parent
+HELPER_TIMEOUT_S = 900
+# Per helper, beyond its copy of the weights: the CUDA context, one forward's activations and the
+# workspaces of the kernels being tuned (SDXL at 1024x1024 needs about 1.5 GiB).
+HELPER_OVERHEAD_BYTES = 2 * 2**30
+MAX_HELPERS = 4
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: str  # e.g. "float16"
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> "TensorSpec":
+        return cls(tuple(tensor.shape), tuple(tensor.stride()), str(tensor.dtype).removeprefix("torch."))
+
+    def example(self, device: torch.device) -> torch.Tensor:
+        dtype = getattr(torch, self.dtype)
+        tensor = torch.empty_strided(self.shape, self.stride, dtype=dtype, device=device)
+        return tensor.normal_() if dtype.is_floating_point else tensor.zero_()
+
+
+@dataclass(frozen=True)
+class Job:
+    """One helper's work: build `part` from its diffusers config and compile it (or its share of the
+    UNet's blocks) for inputs of these shapes, exactly as the serving process will."""
+
+    part: str  # "unet" | "vae"
+    config: dict
+    dtype: str
+    channels_last: bool
+    requires_grad: bool
+    acceleration: dict
+    inputs: dict[str, TensorSpec | None]
+    device: str
+    share: tuple[int, int] | None = None  # (i, n): the i-th of n equal runs of consecutive blocks
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Job":
+        fields = json.loads(text)
+        fields["inputs"] = {k: None if v is None else TensorSpec(tuple(v["shape"]), tuple(v["stride"]), v["dtype"])
+                            for k, v in fields["inputs"].items()}
+        fields["share"] = tuple(fields["share"]) if fields["share"] else None
+        return cls(**fields)
+
+
+def decode_to_float(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The VAE decode that --compile compiles (one function, so helpers trace the very same program)."""
+    return vae.decode(z, return_dict=False)[0].float()
+
+
+def compiled_vae_decode(vae: torch.nn.Module, acceleration: Acceleration = Acceleration()) -> Callable:
+    return compiled_for_inference(functools.partial(decode_to_float, vae), acceleration)
+
+
+def job_for(part: str, module: torch.nn.Module, acceleration: Acceleration,
+            tensors: dict[str, torch.Tensor | None], share: tuple[int, int] | None = None) -> Job:
+    weight = next(module.parameters())
+    return Job(part=part, config=json.loads(json.dumps(dict(module.config))), dtype=str(weight.dtype).removeprefix("torch."),
+               channels_last=any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+                                 and not p.is_contiguous() for p in module.parameters()),
+               requires_grad=weight.requires_grad, acceleration=dataclasses.asdict(acceleration),
+               inputs={k: None if t is None else TensorSpec.of(t) for k, t in tensors.items()},
+               device=str(weight.device), share=share)
+
+
+def helper_count(module: torch.nn.Module, wanted: int | None = None) -> int:
+    """How many helpers this machine can run for `module`: a quarter of the cores (each helper's own
+    kernel builds use the rest), and as many copies of the weights as fit in free GPU memory."""
+    by_cores = (os.cpu_count() or 1) // 4
+    count = min(MAX_HELPERS if wanted is None else wanted, by_cores)
+    weight = next(module.parameters())
+    if weight.is_cuda and count:
+        free, _ = torch.cuda.mem_get_info(weight.device)
+        size = sum(p.numel() * p.element_size() for p in module.parameters())
+        count = min(count, int(free // (size + HELPER_OVERHEAD_BYTES)))
+    return max(0, count)
+
+
+def run_helpers(jobs: list[Job], timeout: float = HELPER_TIMEOUT_S) -> list[str]:
+    """Runs each job in its own process, all at once, and waits for them; the errors of those that failed."""
+    started = time.perf_counter()
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, len(jobs))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "TORCHINDUCTOR_COMPILE_THREADS": threads}
+    processes = []
+    for job in jobs:
+        process = subprocess.Popen([sys.executable, "-m", "modules.compile_helpers"], cwd=ROOT, env=env,
+                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True)
+        processes.append(process)
+    errors = []
+    for job, process in zip(jobs, processes):
+        try:
+            _, stderr = process.communicate(job.to_json(), timeout=max(1.0, timeout - (time.perf_counter() - started)))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            errors.append(f"{job.part} {job.share}: timed out")
+            continue
+        if process.returncode != 0:
+            errors.append(f"{job.part} {job.share}: exit {process.returncode}: {stderr.strip()[-400:]}")
+    return errors
+
+
+def prebuild(part: str, module: torch.nn.Module, acceleration: Acceleration,
+             tensors: dict[str, torch.Tensor | None], helpers: int) -> None:
+    """Fill the compile cache for `part` (the UNet's blocks split over `helpers` processes, the VAE
+    decoder in one) before the serving process compiles it; returns when the helpers are done."""
+    count = helpers if part == "unet" else min(helpers, 1)
+    if count < 1:
+        return
+    started = time.perf_counter()
+    shares = [(i, count) for i in range(count)] if part == "unet" else [None]
+    errors = run_helpers([job_for(part, module, acceleration, tensors, share) for share in shares])
+    for error in errors:
+        log.warning("A compile helper failed (the serving process compiles its share): %s", error)
+    log.info("%d compile helper(s) for the %s done in %.1f s", count, part, time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------------------------- helper side
+
+def _build(job: Job) -> torch.nn.Module:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    model_class = UNet2DConditionModel if job.part == "unet" else AutoencoderKL
+    with torch.device(job.device):  # randomly initialised: the compiled program does not depend on the values
+        module = model_class.from_config(job.config)
+    module = module.to(getattr(torch, job.dtype)).eval().requires_grad_(job.requires_grad)
+    if job.channels_last:
+        module.to(memory_format=torch.channels_last)
+    return module
+
+
+def run_job(job: Job) -> None:
+    """Compile what `job` names, the same way the serving process does, and run it once."""
+    from modules.sd_model import call_unet
+
+    module = _build(job)
+    acceleration = Acceleration(**job.acceleration)
+    device = torch.device(job.device)
+    inputs = {k: None if spec is None else spec.example(device) for k, spec in job.inputs.items()}
+    with torch.no_grad():
+        if job.part == "unet":
+            twin = compiled_blocks(module, acceleration, share=job.share)
+            call_unet(twin, **inputs)
+        else:
+            compiled_vae_decode(module, acceleration)(**inputs)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> int:
+    run_job(Job.from_json(sys.stdin.read()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
