@@ -21,6 +21,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,23 +122,31 @@ def run_helpers(jobs: list[Job], timeout: float = HELPER_TIMEOUT_S) -> list[str]
     threads = str(max(1, (os.cpu_count() or 1) // max(1, len(jobs))))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "TORCHINDUCTOR_COMPILE_THREADS": threads}
-    processes = []
+    processes, logs = [], []
     for job in jobs:
-        process = subprocess.Popen([sys.executable, "-m", "modules.compile_helpers"], cwd=ROOT, env=env,
-                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                   text=True)
-        processes.append(process)
-    errors = []
+        logs.append(tempfile.TemporaryFile(mode="w+"))  # a file, not a pipe: a full pipe would stall the helper
+        processes.append(subprocess.Popen([sys.executable, "-m", "modules.compile_helpers"], cwd=ROOT, env=env,
+                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=logs[-1],
+                                          text=True))
     for job, process in zip(jobs, processes):
+        process.stdin.write(job.to_json())
+        process.stdin.close()
+    errors = []
+    for job, process, stderr in zip(jobs, processes, logs):
         try:
-            _, stderr = process.communicate(job.to_json(), timeout=max(1.0, timeout - (time.perf_counter() - started)))
+            process.wait(timeout=max(1.0, timeout - (time.perf_counter() - started)))
         except subprocess.TimeoutExpired:
             process.kill()
-            process.communicate()
+            process.wait()
             errors.append(f"{job.part} {job.share}: timed out")
-            continue
-        if process.returncode != 0:
-            errors.append(f"{job.part} {job.share}: exit {process.returncode}: {stderr.strip()[-400:]}")
+        else:
+            if process.returncode:
+                stderr.seek(0)
+                errors.append(f"{job.part} {job.share}: exit {process.returncode}: {stderr.read().strip()[-400:]}")
+            else:
+                log.info("Compile helper %s %s finished after %.1f s", job.part, job.share,
+                         time.perf_counter() - started)
+        stderr.close()
     return errors
 
 

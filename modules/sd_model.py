@@ -8,9 +8,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from modules.acceleration import Acceleration
 from modules.checkpoints import CheckpointInfo
 from modules.devices import DevicePolicy
 from modules.sampling.denoisers import DiscreteSchedule, Prediction
+
+# What --compile uses for the UNet and the VAE decoder. One launch configuration per pointwise kernel
+# ("quick"): the compile helpers (compile_helpers.py) share one GPU, and timing several configurations
+# of every kernel there is what made them slow (bench/RESULTS.md).
+COMPILE_SETTINGS = Acceleration(quick=True)
 
 
 @dataclass
@@ -142,25 +148,24 @@ class StableDiffusionModel:
 
     def _prebuild_for(self, name: str) -> Callable[[dict], None] | None:
         from modules import compile_helpers
-        from modules.acceleration import Acceleration
 
         part, module = ("unet", self.unet) if name == "UNet" else ("vae", self.vae)
         helpers = compile_helpers.helper_count(module)
         if helpers < 1:
             return None
-        return functools.partial(compile_helpers.prebuild, part, module, Acceleration(), helpers=helpers)
+        return functools.partial(compile_helpers.prebuild, part, module, COMPILE_SETTINGS, helpers=helpers)
 
     def _compiled_vae_decode(self) -> Callable:
         from modules.compile_helpers import compiled_vae_decode
 
-        return compiled_vae_decode(self.vae)
+        return compiled_vae_decode(self.vae, COMPILE_SETTINGS)
 
     def _compiled_unet(self) -> Callable:
         # Repeated blocks compiled one by one: 17 % less compile time than the whole UNet for the same
         # step time (bench/RESULTS.md), on a copy that shares the weights, so the plain path stays plain.
         from modules.acceleration import compiled_blocks
 
-        twin = compiled_blocks(self.unet)
+        twin = compiled_blocks(self.unet, COMPILE_SETTINGS)
         return functools.partial(call_unet, twin)
 
     def _vae_decode(self, z: torch.Tensor) -> torch.Tensor:
