@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -155,7 +156,8 @@ def prebuild(part: str, module: torch.nn.Module, acceleration: Acceleration,
     """Fill the compile cache for `part` (the UNet's blocks split over `helpers` processes, the VAE
     decoder in one) before the serving process compiles it; returns when the helpers are done."""
     count = helpers if part == "unet" else min(helpers, 1)
-    if count < 1:
+    done = _done_marker(job_for(part, module, acceleration, tensors))
+    if count < 1 or done.exists():  # a warm cache: starting helpers would only add their start-up time
         return
     started = time.perf_counter()
     shares = [(i, count) for i in range(count)] if part == "unet" else [None]
@@ -163,6 +165,17 @@ def prebuild(part: str, module: torch.nn.Module, acceleration: Acceleration,
     for error in errors:
         log.warning("A compile helper failed (the serving process compiles its share): %s", error)
     log.info("%d compile helper(s) for the %s done in %.1f s", count, part, time.perf_counter() - started)
+    if not errors:
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.touch()
+
+
+def _done_marker(job: Job) -> Path:
+    """A file in Inductor's cache folder saying helpers have compiled `job` into it (gone with the cache)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    digest = hashlib.sha256(f"{torch.__version__} {job.to_json()}".encode()).hexdigest()[:24]
+    return Path(cache_dir()) / "compile-helpers" / f"{digest}.done"
 
 
 # --------------------------------------------------------------------------------------------- helper side

@@ -133,6 +133,14 @@ def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path,
     assert torch.allclose(compiled, plain, atol=1e-4)
     torch._dynamo.reset()
 
+    # prebuild marks the cache as filled, and a second prebuild for the same shapes starts no helper
+    compile_helpers.prebuild("vae", model.vae, Acceleration(), {"z": torch.randn(1, 4, 8, 8)}, helpers=1)
+    started = time.perf_counter()
+    compile_helpers.prebuild("vae", model.vae, Acceleration(), {"z": torch.randn(1, 4, 8, 8)}, helpers=1)
+    assert time.perf_counter() - started < 1.0
+    assert len(list((tmp_path / "inductor" / "compile-helpers").glob("*.done"))) == 1
+    torch._dynamo.reset()
+
 
 def test_a_failing_compile_helper_reports_why(tmp_path):
     from modules import compile_helpers
