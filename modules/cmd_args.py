@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(faster at small batches; about 1 s per new shape)")
     device.add_argument("--compile", action="store_true",
                         help="compile the UNet and VAE decoder with torch.compile for each new image size, in the "
-                             "background (1.5 to 2 minutes the first time, about 10 s from the cache); implies --cuda-graphs")
+                             "background, with helper processes (about 1 minute the first time on a 16-core host, 1.5 for "
+                             "SDXL; about 8 s from the cache); implies --cuda-graphs")
     device.add_argument("--skip-torch-cuda-test", action="store_true",
                         help="start even when torch cannot use a GPU (runs on the CPU)")
 

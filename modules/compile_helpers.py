@@ -120,7 +120,9 @@ def helper_count(module: torch.nn.Module, wanted: int | None = None) -> int:
 def run_helpers(jobs: list[Job], timeout: float = HELPER_TIMEOUT_S) -> list[str]:
     """Runs each job in its own process, all at once, and waits for them; the errors of those that failed."""
     started = time.perf_counter()
-    threads = str(max(1, (os.cpu_count() or 1) // max(1, len(jobs))))
+    # The UNet's helpers and the VAE decoder's run at the same time: each gets a share of the cores for
+    # its kernel builds.
+    threads = str(max(1, (os.cpu_count() or 1) // (MAX_HELPERS + 1)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "TORCHINDUCTOR_COMPILE_THREADS": threads}
     processes, logs = [], []
@@ -194,6 +196,7 @@ def _build(job: Job) -> torch.nn.Module:
 
 def run_job(job: Job) -> None:
     """Compile what `job` names, the same way the serving process does, and run it once."""
+    from modules.context_projections import with_projections
     from modules.sd_model import call_unet
 
     module = _build(job)
@@ -201,9 +204,12 @@ def run_job(job: Job) -> None:
     device = torch.device(job.device)
     inputs = {k: None if spec is None else spec.example(device) for k, spec in job.inputs.items()}
     with torch.no_grad():
-        if job.part == "unet":
-            twin = compiled_blocks(module, acceleration, share=job.share)
-            call_unet(twin, **inputs)
+        if job.part == "unet":  # as StableDiffusionModel._compiled_unet does
+            twin, projections = with_projections(module)
+            compiled = compiled_blocks(twin, acceleration, share=job.share)
+            projections.adopt(compiled)
+            projections.update(inputs["context"], inputs["context"], keep=True)
+            call_unet(compiled, **inputs)
         else:
             compiled_vae_decode(module, acceleration)(**inputs)
     if device.type == "cuda":

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from modules.checkpoints import CheckpointInfo
 from modules.cuda_graphs import warmup_note
 from modules.generation_request import Img2ImgRequest, Txt2ImgRequest
 from modules.job_queue import Job, JobQueue
 from modules.model_manager import ModelManager
-from modules.processing import GenerationResult, img2img, txt2img
+from modules.processing import GenerationResult, decode_latents, img2img, txt2img
 from modules.rng import resolve_seed
 from modules.sd_model import StableDiffusionModel
 from modules.settings_store import Settings, SettingsStore
@@ -147,4 +149,7 @@ def start_warm_up(model: StableDiffusionModel) -> None:
     if not (model.policy.compile and model.policy.replays_graphs) or model.warmups():
         return
     size = model.native_size
+    # The VAE decoder first, as an image's decode would call it: its compile helper then runs alongside
+    # the UNet's instead of starting when the image reaches its decode.
+    decode_latents(model, torch.zeros(1, model.latent_channels, size // 8, size // 8, device=model.policy.device))
     txt2img(model, Txt2ImgRequest(prompt="", steps=1, width=size, height=size, save_images=False), None)

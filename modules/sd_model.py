@@ -64,6 +64,8 @@ class StableDiffusionModel:
     notes: list[str] = field(default_factory=list)
     offload: object | None = field(default=None, repr=False)  # memory_modes.ComponentSwapper in --medvram/--lowvram
     _runners: dict = field(default_factory=dict, repr=False)  # CudaGraphRunner / WarmingRunner per part
+    _projecting_unet: torch.nn.Module | None = field(default=None, repr=False)
+    _projections: object | None = field(default=None, repr=False)  # context_projections.ContextProjections
 
     def __post_init__(self) -> None:
         self.set_policy(self.policy)
@@ -111,6 +113,8 @@ class StableDiffusionModel:
         tensors = {"x": x.to(dtype), "timestep": timestep.to(x.device), "context": context.to(dtype),
                    "pooled": None if pooled is None else pooled.to(dtype),
                    "time_ids": None if time_ids is None else time_ids.to(dtype)}
+        if self._sampling_unet() is not self.unet:
+            self._projections.update(context, tensors["context"], keep=self.policy.replays_graphs and x.is_cuda)
         if self.policy.replays_graphs and x.is_cuda:
             return self._runner("UNet", self._unet_forward, self._compiled_unet)(**tensors)
         return self._unet_forward(**tensors)
@@ -127,6 +131,8 @@ class StableDiffusionModel:
             runner = self._runners.pop(name, None)
             if runner is not None:
                 runner.clear()
+        if self._projections is not None and part in (None, "UNet"):
+            self._projections.clear()
 
     def warmups(self) -> list:
         """Background compilations (cuda_graphs.WarmUp) of every part, oldest first."""
@@ -165,15 +171,27 @@ class StableDiffusionModel:
         # step time (bench/RESULTS.md), on a copy that shares the weights, so the plain path stays plain.
         from modules.acceleration import compiled_blocks
 
-        twin = compiled_blocks(self.unet, COMPILE_SETTINGS)
+        twin = compiled_blocks(self._sampling_unet(), COMPILE_SETTINGS)
+        if self._projections is not None:
+            self._projections.adopt(twin)
         return functools.partial(call_unet, twin)
+
+    def _sampling_unet(self) -> torch.nn.Module:
+        """The UNet that sampling runs: with the memory mode that keeps weights in place, a weight-sharing
+        copy that reads cross-attention keys and values computed once per prompt (context_projections.py);
+        the low-memory modes' hooks are on the UNet itself, which they run."""
+        if self._projecting_unet is None and self.policy.memory_mode == "normal":
+            from modules.context_projections import with_projections
+
+            self._projecting_unet, self._projections = with_projections(self.unet)
+        return self._projecting_unet if self.policy.memory_mode == "normal" else self.unet
 
     def _vae_decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(z, return_dict=False)[0].float()
 
     def _unet_forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                       pooled: torch.Tensor | None, time_ids: torch.Tensor | None) -> torch.Tensor:
-        return call_unet(self.unet, x, timestep, context, pooled, time_ids)
+        return call_unet(self._sampling_unet(), x, timestep, context, pooled, time_ids)
 
 
 def call_unet(unet: torch.nn.Module, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,

@@ -111,6 +111,7 @@ def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path,
 
     from modules import compile_helpers
     from modules.acceleration import Acceleration, compiled_blocks
+    from modules.context_projections import with_projections
     from modules.sd_model import call_unet
     from tiny_models import load_tiny_model
 
@@ -126,8 +127,12 @@ def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path,
 
     counters = torch._dynamo.utils.counters["inductor"]
     counters.clear()
-    with torch.no_grad():
-        compiled = call_unet(compiled_blocks(model.unet), **tensors)
+    with torch.no_grad():  # what StableDiffusionModel._compiled_unet runs
+        twin, projections = with_projections(model.unet)
+        compiled_twin = compiled_blocks(twin)
+        projections.adopt(compiled_twin)
+        projections.update(tensors["context"], tensors["context"], keep=True)
+        compiled = call_unet(compiled_twin, **tensors)
         plain = call_unet(model.unet, **tensors)
     assert counters["fxgraph_cache_hit"] > 0 and counters["fxgraph_cache_miss"] == 0
     assert torch.allclose(compiled, plain, atol=1e-4)

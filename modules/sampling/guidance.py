@@ -50,15 +50,32 @@ def _cat_conds(conds: list[Cond]) -> Cond:
     return {k: (torch.cat([c[k] for c in conds]) if isinstance(v, torch.Tensor) else v) for k, v in conds[0].items()}
 
 
-def evaluate_conds(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, conds: list[Cond]) -> list[torch.Tensor]:
-    """x0 for each cond: one batched call if shapes allow, else one call per cond."""
-    batch = x.shape[0]
+def _prepared(conds: list[Cond], batch: int) -> tuple[bool, list[Cond]]:
+    """(batched, conds fitted to the batch; one concatenated cond when batched)."""
     fitted = [_fit_batch(c, batch) for c in conds]
     if len(fitted) > 1 and _batchable(fitted):
-        n = len(fitted)
-        out = denoiser(torch.cat([x] * n), torch.cat([sigma] * n), **_cat_conds(fitted))
+        return True, [_cat_conds(fitted)]
+    return False, fitted
+
+
+def evaluate_conds(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, conds: list[Cond],
+                   memo: dict | None = None) -> list[torch.Tensor]:
+    """x0 for each cond: one batched call if shapes allow, else one call per cond. `memo` keeps the
+    prepared conds between calls with the same conds, so the model sees the same tensors at every step
+    (it computes what depends on them only once, see modules/context_projections.py)."""
+    batch = x.shape[0]
+    key = (batch, len(conds))
+    if memo is not None and key in memo:
+        batched, prepared = memo[key]
+    else:
+        batched, prepared = _prepared(conds, batch)
+        if memo is not None:
+            memo[key] = (batched, prepared)
+    if batched:
+        n = len(conds)
+        out = denoiser(torch.cat([x] * n), torch.cat([sigma] * n), **prepared[0])
         return list(out.chunk(n))
-    return [denoiser(x, sigma, **c) for c in fitted]
+    return [denoiser(x, sigma, **c) for c in prepared]
 
 
 def combine(uncond: torch.Tensor, conds: list[torch.Tensor], weights: list[float], scale: float) -> torch.Tensor:
@@ -93,6 +110,7 @@ class CFGDenoiser:
         self.scale = scale
         self.thresholding = thresholding or Thresholding()
         self.last_uncond: torch.Tensor | None = None
+        self._memo: dict = {}  # evaluate_conds' prepared conds; this guider's conds never change
 
     def _skips_uncond(self) -> bool:
         return self.scale == 1.0 and len(self.conds) == 1 and self.conds[0][1] == 1.0
@@ -101,9 +119,10 @@ class CFGDenoiser:
         weights = [w for _, w in self.conds]
         if self._skips_uncond():
             self.last_uncond = None
-            (denoised,) = evaluate_conds(self.denoiser, x, sigma, [self.conds[0][0]])
+            (denoised,) = evaluate_conds(self.denoiser, x, sigma, [self.conds[0][0]], self._memo)
             return apply_thresholding(denoised, self.thresholding, None, [denoised], weights)
-        *conds, uncond = evaluate_conds(self.denoiser, x, sigma, [c for c, _ in self.conds] + [self.uncond])
+        *conds, uncond = evaluate_conds(self.denoiser, x, sigma, [c for c, _ in self.conds] + [self.uncond],
+                                        self._memo)
         self.last_uncond = uncond
         guided = combine(uncond, conds, weights, self.scale)
         return apply_thresholding(guided, self.thresholding, uncond, conds, weights)

@@ -1,0 +1,95 @@
+"""Cross-attention keys and values computed once per prompt (modules/context_projections.py): the
+UNet's output is exactly what diffusers' own attention gives, whatever the context does between calls."""
+
+import pytest
+import torch
+
+from modules.context_projections import KEY, ProjectedCrossAttention
+from modules.sd_model import call_unet
+from tiny_models import load_tiny_model
+
+
+def _inputs(model, seed: int, batch: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    dim = model.unet.config.cross_attention_dim
+    tensors = {"x": torch.randn(batch, 4, 8, 8, generator=g), "timestep": torch.full((batch,), 500.0),
+               "context": torch.randn(batch, 77, dim, generator=g), "pooled": None, "time_ids": None}
+    if model.is_sdxl:
+        config = model.unet.config
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        tensors["pooled"] = torch.randn(batch, pooled, generator=g)
+        tensors["time_ids"] = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]] * batch)
+    return tensors
+
+
+def _plain(model, tensors):
+    with torch.no_grad():
+        return call_unet(model.unet, **tensors)
+
+
+def _sampled(model, tensors):
+    with torch.no_grad():
+        return model.unet_fn(tensors["x"], tensors["timestep"], context=tensors["context"], pooled=tensors["pooled"],
+                             time_ids=tensors["time_ids"])
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_projected_keys_and_values_give_the_plain_unets_output_exactly(tmp_path, family):
+    model = load_tiny_model(tmp_path, family)
+    tensors = _inputs(model, 0)
+    assert torch.equal(_sampled(model, tensors), _plain(model, tensors))
+    # the model's own UNet keeps diffusers' processors; sampling runs a copy sharing its weights
+    assert not any(isinstance(getattr(m, "processor", None), ProjectedCrossAttention) for m in model.unet.modules())
+    layers = [m for m in model._sampling_unet().modules() if isinstance(getattr(m, "processor", None),
+                                                                          ProjectedCrossAttention)]
+    assert layers and all(getattr(m, KEY) is not None for m in layers)
+    assert all(a is b for a, b in zip(model._sampling_unet().parameters(), model.unet.parameters()))
+
+
+def test_keys_and_values_are_computed_once_per_context_and_follow_every_change(tmp_path):
+    model = load_tiny_model(tmp_path, "sd1")
+    first, second = _inputs(model, 1), _inputs(model, 2)
+    _sampled(model, first)
+    layer = next(m for m in model._sampling_unet().modules() if isinstance(getattr(m, "processor", None),
+                                                                            ProjectedCrossAttention))
+    projections = []
+    layer.to_k.register_forward_hook(lambda *_: projections.append(1))
+
+    for _ in range(3):  # the same context at every step: no projection at all
+        assert torch.equal(_sampled(model, first), _plain(model, first))
+    assert projections == []
+    assert torch.equal(_sampled(model, second), _plain(model, second))  # another prompt
+    assert torch.equal(_sampled(model, first), _plain(model, first))  # and back
+    assert len(projections) == 2
+
+    first["context"].mul_(0.5)  # the same tensor changed in place
+    assert torch.equal(_sampled(model, first), _plain(model, first))
+    with torch.no_grad():  # a weight patched in place, as LoRA does
+        model.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k.weight.mul_(1.5)
+    assert torch.equal(_sampled(model, first), _plain(model, first))
+    assert len(projections) == 4
+
+    batch_of_four = _inputs(model, 3, batch=4)  # another shape, then the first again
+    assert torch.equal(_sampled(model, batch_of_four), _plain(model, batch_of_four))
+    assert torch.equal(_sampled(model, first), _plain(model, first))
+
+
+def test_a_prompt_of_another_length_is_projected_on_its_own(tmp_path):
+    """Cond and uncond of different token lengths run as two calls (guidance.py): each call's keys and
+    values are its own context's."""
+    model = load_tiny_model(tmp_path, "sd1")
+    short, long = _inputs(model, 4, batch=1), _inputs(model, 5, batch=1)
+    long["context"] = torch.cat([long["context"], long["context"]], dim=1)  # 154 tokens
+    for tensors in (short, long, short):
+        assert torch.equal(_sampled(model, tensors), _plain(model, tensors))
+
+
+def test_the_low_memory_modes_run_the_unet_itself(tmp_path):
+    import dataclasses
+
+    from modules.devices import DevicePolicy
+
+    model = load_tiny_model(tmp_path, "sd1", policy=dataclasses.replace(DevicePolicy.cpu(), memory_mode="lowvram"))
+    assert model._sampling_unet() is model.unet
+    tensors = _inputs(model, 6)
+    assert torch.equal(_sampled(model, tensors), _plain(model, tensors))
