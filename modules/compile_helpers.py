@@ -104,11 +104,10 @@ def job_for(part: str, module: torch.nn.Module, acceleration: Acceleration,
                device=str(weight.device), share=share)
 
 
-def helper_count(module: torch.nn.Module, wanted: int | None = None) -> int:
+def helper_count(module: torch.nn.Module) -> int:
     """How many helpers this machine can run for `module`: a quarter of the cores (each helper's own
     kernel builds use the rest), and as many copies of the weights as fit in free GPU memory."""
-    by_cores = (os.cpu_count() or 1) // 4
-    count = min(MAX_HELPERS if wanted is None else wanted, by_cores)
+    count = min(MAX_HELPERS, (os.cpu_count() or 1) // 4)
     weight = next(module.parameters())
     if weight.is_cuda and count:
         free, _ = torch.cuda.mem_get_info(weight.device)
