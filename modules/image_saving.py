@@ -33,6 +33,7 @@ _PATTERN_TOKEN = re.compile(r"\[(\w+)(?:<([^>]*)>)?\]")
 _EXIF_USER_COMMENT = 0x9286
 _EXIF_IFD = 0x8769
 _counter_lock = threading.Lock()
+_next_numbers: dict[Path, tuple[int, int]] = {}  # folder -> (next number, its mtime after our last save)
 
 ImageFormat = Literal["png", "jpg", "webp"]
 
@@ -125,12 +126,22 @@ def apply_pattern(pattern: str, facts: ImageFacts) -> str:
 
 
 def _next_number(folder: Path) -> int:
+    """One more than the highest leading number in the folder. The scan takes 15 ms for 10,000 files,
+    so it is repeated only when the folder changed since this process last saved into it (its
+    modification time says so: other programs' files, deletions)."""
+    known = _next_numbers.get(folder)
+    if known is not None and known[1] == folder.stat().st_mtime_ns:
+        return known[0]
     highest = -1
     for entry in folder.iterdir():
         match = _NUMBERED.match(entry.name)
         if match:
             highest = max(highest, int(match.group(1)))
     return highest + 1
+
+
+def _saved_number(folder: Path, number: int) -> None:
+    _next_numbers[folder] = (number + 1, folder.stat().st_mtime_ns)
 
 
 def _exif_with_comment(infotext: str) -> Image.Exif:
@@ -193,10 +204,14 @@ def save_image(image: Image.Image, options: SaveOptions, kind: str, facts: Image
     pattern = options.filename_pattern or ("[seed]" if options.save_to_dirs else "[seed]-[prompt_spaces]")
     stem = apply_pattern(pattern, facts)
     with _counter_lock:
-        if options.add_number:
-            stem = f"{_next_number(folder):05d}" + (f"-{stem}" if stem else "")
+        number = _next_number(folder) if options.add_number else None
+        if number is not None:
+            stem = f"{number:05d}" + (f"-{stem}" if stem else "")
         stem = stem[: options.max_filename_length] or "image"
-        return write_image_atomic(image, folder / f"{stem}.{options.format}", infotext, options, encoded)
+        path = write_image_atomic(image, folder / f"{stem}.{options.format}", infotext, options, encoded)
+        if number is not None:
+            _saved_number(folder, number)
+        return path
 
 
 def save_grid(grid: Image.Image, options: SaveOptions, kind: str, facts: ImageFacts, infotext: str | None) -> Path:

@@ -58,6 +58,26 @@ def test_counter_and_dated_folders(tmp_path):
     assert read_parameters(first) == "p\nSteps: 1, Seed: 1234, Size: 8x8"
 
 
+def test_the_counter_scans_a_folder_only_when_something_else_changed_it(tmp_path, monkeypatch):
+    """A folder of thousands of images takes milliseconds to scan: consecutive saves continue from the
+    number they know, and a file added or removed by another program makes the next save look again."""
+    from pathlib import Path
+
+    options = SaveOptions(outputs_dir=tmp_path, save_to_dirs=False, filename_pattern="[seed]")
+    scans = []
+    real_iterdir = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: scans.append(self) or real_iterdir(self))
+    names = [save_image(_image(), options, "txt2img", FACTS, None).name for _ in range(3)]
+    assert names == ["00000-1234.png", "00001-1234.png", "00002-1234.png"] and len(scans) == 1
+    folder = tmp_path / "txt2img-images"
+    time.sleep(0.01)
+    (folder / "00002-1234.png").unlink()  # removed elsewhere: the number is free again
+    assert save_image(_image(), options, "txt2img", FACTS, None).name == "00002-1234.png" and len(scans) == 2
+    time.sleep(0.01)
+    (folder / "00100-7.png").write_bytes(b"")
+    assert save_image(_image(), options, "txt2img", FACTS, None).name == "00101-1234.png" and len(scans) == 3
+
+
 @pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
 def test_formats_carry_the_infotext(tmp_path, fmt):
     text = "ünïcödé prompt\nSteps: 20, Sampler: Euler, Seed: 1"
