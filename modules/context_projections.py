@@ -78,7 +78,7 @@ class ContextProjections:
         to its dtype) unless they already are. `keep`: refill this shape's buffers in place (graphs
         replay them) instead of replacing them."""
         state = (source, source._version, self._weights_version())
-        if self._projected is not None and all(a is b for a, b in zip(state, self._projected)):
+        if self._projected is not None and state[0] is self._projected[0] and state[1:] == self._projected[1:]:
             return
         shape = (tuple(context.shape), context.dtype, context.device)
         kept = self._kept.get(shape) if keep else None
