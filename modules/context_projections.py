@@ -94,9 +94,11 @@ class ContextProjections:
         self._projected = state
 
     def clear(self) -> None:
-        """Forget every kept projection (graphs that read them are being dropped too)."""
+        """Forget every kept projection and adopted copy (the graphs and compiled copies that read them
+        are being dropped too)."""
         self._kept.clear()
         self._projected = None
+        self.groups = [group[:1] for group in self.groups]
         for group in self.groups:
             self._assign(group, None, None)
 

@@ -97,3 +97,20 @@ def test_the_low_memory_modes_run_the_unet_itself(tmp_path):
     assert model._sampling_unet() is model.unet
     tensors = _inputs(model, 6)
     assert torch.equal(_sampled(model, tensors), _plain(model, tensors))
+
+
+def test_dropping_compiled_state_forgets_the_copies_that_read_the_projections(tmp_path):
+    """Each --compile warm-up adopts a new compiled copy; switching the fast path off and on again
+    must not keep the old copies' layers (and their compiled code) reachable."""
+    from modules.acceleration import shared_weight_copy
+
+    model = load_tiny_model(tmp_path, "sd1")
+    tensors = _inputs(model, 7)
+    _sampled(model, tensors)
+    projections = model._projections
+    for _ in range(3):
+        projections.adopt(shared_weight_copy(model._sampling_unet()))
+        assert all(len(group) == 2 for group in projections.groups)
+        model.forget_compiled_state()
+        assert all(len(group) == 1 for group in projections.groups)
+    assert torch.equal(_sampled(model, tensors), _plain(model, tensors))
