@@ -24,13 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from modules.acceleration import Acceleration, compiled_blocks, compiled_for_inference
+from modules.acceleration import Acceleration, compiled_for_inference
 
 ROOT = Path(__file__).resolve().parent.parent
 HELPER_TIMEOUT_S = 900
@@ -82,15 +81,6 @@ class Job:
                             for k, v in fields["inputs"].items()}
         fields["share"] = tuple(fields["share"]) if fields["share"] else None
         return cls(**fields)
-
-
-def decode_to_float(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """The VAE decode that --compile compiles (one function, so helpers trace the very same program)."""
-    return vae.decode(z, return_dict=False)[0].float()
-
-
-def compiled_vae_decode(vae: torch.nn.Module, acceleration: Acceleration = Acceleration()) -> Callable:
-    return compiled_for_inference(functools.partial(decode_to_float, vae), acceleration)
 
 
 def job_for(part: str, module: torch.nn.Module, acceleration: Acceleration,
@@ -195,8 +185,8 @@ def _build(job: Job) -> torch.nn.Module:
 
 def run_job(job: Job) -> None:
     """Compile what `job` names, the same way the serving process does, and run it once."""
-    from modules.context_projections import with_projections
-    from modules.sd_model import call_unet
+    from modules.context_projections import ContextProjections
+    from modules.sd_model import call_unet, call_vae_decoder
 
     module = _build(job)
     acceleration = Acceleration(**job.acceleration)
@@ -204,13 +194,12 @@ def run_job(job: Job) -> None:
     inputs = {k: None if spec is None else spec.example(device) for k, spec in job.inputs.items()}
     with torch.no_grad():
         if job.part == "unet":  # as StableDiffusionModel._compiled_unet does
-            twin, projections = with_projections(module)
-            compiled = compiled_blocks(twin, acceleration, share=job.share)
-            projections.adopt(compiled)
+            projections = ContextProjections(module)
+            compiled = projections.compiled(acceleration, job.share)
             projections.update(inputs["context"], inputs["context"], keep=True)
             call_unet(compiled, **inputs)
-        else:
-            compiled_vae_decode(module, acceleration)(**inputs)
+        else:  # as StableDiffusionModel._compiled_vae_decode does
+            compiled_for_inference(functools.partial(call_vae_decoder, module), acceleration)(**inputs)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

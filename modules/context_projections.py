@@ -50,19 +50,32 @@ class ProjectedCrossAttention:
 
 
 class ContextProjections:
-    """The projectable cross-attention layers of a UNet (and of the weight-sharing copies made of it
-    later, see `adopt`), and the keys and values of the context they were last given."""
+    """`unet`: a weight-sharing copy of a UNet whose cross-attention reads projected keys and values
+    (the UNet itself keeps diffusers' processors); the keys and values of the context last given, set
+    on its layers and on those of its compiled copies (`compiled`)."""
 
     def __init__(self, unet: torch.nn.Module):
-        layers = [m for m in unet.modules() if projectable(m)]
+        from modules.acceleration import shared_weight_copy
+
+        self.unet = shared_weight_copy(unet)
+        layers = [m for m in self.unet.modules() if projectable(m)]
         for layer in layers:
             layer.set_processor(ProjectedCrossAttention())
         self.groups: list[list[Attention]] = [[layer] for layer in layers]
         self._kept: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._projected: tuple | None = None  # (context object, its version, weights' version)
 
+    def compiled(self, acceleration, share: tuple[int, int] | None = None) -> torch.nn.Module:
+        """acceleration.compiled_blocks of `unet` (what --compile runs, and each compile helper its
+        `share` of), its layers given the projections from now on."""
+        from modules.acceleration import compiled_blocks
+
+        copy = compiled_blocks(self.unet, acceleration, share)
+        self.adopt(copy)
+        return copy
+
     def adopt(self, copy: torch.nn.Module) -> None:
-        """Also set the buffers of `copy`, a weight-sharing copy of the UNet (e.g. compiled_blocks')."""
+        """Also set the buffers of `copy`, a weight-sharing copy of `unet`."""
         layers = [m for m in copy.modules() if isinstance(getattr(m, "processor", None), ProjectedCrossAttention)]
         if len(layers) != len(self.groups):
             raise ValueError(f"the copy has {len(layers)} projected layers, the UNet {len(self.groups)}")
@@ -113,11 +126,3 @@ class ContextProjections:
                 layer.register_buffer(KEY, key, persistent=False)
                 layer.register_buffer(VALUE, value, persistent=False)
 
-
-def with_projections(unet: torch.nn.Module) -> tuple[torch.nn.Module, ContextProjections]:
-    """A weight-sharing copy of `unet` whose cross-attention reads projected keys and values, and its
-    ContextProjections; `unet` itself keeps diffusers' processors."""
-    from modules.acceleration import shared_weight_copy
-
-    twin = shared_weight_copy(unet)
-    return twin, ContextProjections(twin)

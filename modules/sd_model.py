@@ -64,7 +64,6 @@ class StableDiffusionModel:
     notes: list[str] = field(default_factory=list)
     offload: object | None = field(default=None, repr=False)  # memory_modes.ComponentSwapper in --medvram/--lowvram
     _runners: dict = field(default_factory=dict, repr=False)  # CudaGraphRunner / WarmingRunner per part
-    _projecting_unet: torch.nn.Module | None = field(default=None, repr=False)
     _projections: object | None = field(default=None, repr=False)  # context_projections.ContextProjections
 
     def __post_init__(self) -> None:
@@ -162,32 +161,30 @@ class StableDiffusionModel:
         return functools.partial(compile_helpers.prebuild, part, module, COMPILE_SETTINGS, helpers=helpers)
 
     def _compiled_vae_decode(self) -> Callable:
-        from modules.compile_helpers import compiled_vae_decode
+        from modules.acceleration import compiled_for_inference
 
-        return compiled_vae_decode(self.vae, COMPILE_SETTINGS)
+        return compiled_for_inference(functools.partial(call_vae_decoder, self.vae), COMPILE_SETTINGS)
 
     def _compiled_unet(self) -> Callable:
         # Repeated blocks compiled one by one: 17 % less compile time than the whole UNet for the same
         # step time (bench/RESULTS.md), on a copy that shares the weights, so the plain path stays plain.
-        from modules.acceleration import compiled_blocks
-
-        twin = compiled_blocks(self._sampling_unet(), COMPILE_SETTINGS)
-        if self._projections is not None:
-            self._projections.adopt(twin)
-        return functools.partial(call_unet, twin)
+        self._sampling_unet()
+        return functools.partial(call_unet, self._projections.compiled(COMPILE_SETTINGS))
 
     def _sampling_unet(self) -> torch.nn.Module:
         """The UNet that sampling runs: with the memory mode that keeps weights in place, a weight-sharing
         copy that reads cross-attention keys and values computed once per prompt (context_projections.py);
         the low-memory modes' hooks are on the UNet itself, which they run."""
-        if self._projecting_unet is None and self.policy.memory_mode == "normal":
-            from modules.context_projections import with_projections
+        if self.policy.memory_mode != "normal":
+            return self.unet
+        if self._projections is None:
+            from modules.context_projections import ContextProjections
 
-            self._projecting_unet, self._projections = with_projections(self.unet)
-        return self._projecting_unet if self.policy.memory_mode == "normal" else self.unet
+            self._projections = ContextProjections(self.unet)
+        return self._projections.unet
 
     def _vae_decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z, return_dict=False)[0].float()
+        return call_vae_decoder(self.vae, z)
 
     def _unet_forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                       pooled: torch.Tensor | None, time_ids: torch.Tensor | None) -> torch.Tensor:
@@ -199,3 +196,9 @@ def call_unet(unet: torch.nn.Module, x: torch.Tensor, timestep: torch.Tensor, co
     """A diffusers UNet called with SD's conditioning (SDXL: pooled text + size ids), output float32."""
     added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
     return unet(x, timestep, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False)[0].float()
+
+
+def call_vae_decoder(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Latents (scaled back, in the VAE's dtype) -> pixels in [-1, 1], float32; what --compile compiles,
+    one function so that compile helpers trace the very same program."""
+    return vae.decode(z, return_dict=False)[0].float()

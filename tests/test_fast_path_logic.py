@@ -106,13 +106,12 @@ def test_acceleration_variants_parse_and_undo_themselves(tmp_path):
 
 def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path, monkeypatch):
     """Two helper processes compile halves of a UNet's blocks (random weights of the same architecture);
-    compiling the loaded model afterwards builds no graph itself: every one comes from their cache."""
+    the loaded model's own compilation afterwards builds no graph itself: every one comes from their
+    cache. A second prebuild for the same shapes starts no helper."""
     import torch
 
     from modules import compile_helpers
-    from modules.acceleration import Acceleration, compiled_blocks
-    from modules.context_projections import with_projections
-    from modules.sd_model import call_unet
+    from modules.sd_model import COMPILE_SETTINGS
     from tiny_models import load_tiny_model
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
@@ -121,30 +120,25 @@ def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path,
     g = torch.Generator().manual_seed(0)
     tensors = {"x": torch.randn(2, 4, 8, 8, generator=g), "timestep": torch.tensor([500.0, 500.0]),
                "context": torch.randn(2, 77, 32, generator=g), "pooled": None, "time_ids": None}
-    jobs = [compile_helpers.job_for("unet", model.unet, Acceleration(), tensors, share) for share in [(0, 2), (1, 2)]]
-    assert compile_helpers.Job.from_json(jobs[0].to_json()) == jobs[0]
-    assert compile_helpers.run_helpers(jobs) == []
+    job = compile_helpers.job_for("unet", model.unet, COMPILE_SETTINGS, tensors, (0, 2))
+    assert compile_helpers.Job.from_json(job.to_json()) == job
+    compile_helpers.prebuild("unet", model.unet, COMPILE_SETTINGS, tensors, helpers=2)
+    assert len(list((tmp_path / "inductor" / "compile-helpers").glob("*.done"))) == 1  # no helper failed
 
     counters = torch._dynamo.utils.counters["inductor"]
     counters.clear()
-    with torch.no_grad():  # what StableDiffusionModel._compiled_unet runs
-        twin, projections = with_projections(model.unet)
-        compiled_twin = compiled_blocks(twin)
-        projections.adopt(compiled_twin)
-        projections.update(tensors["context"], tensors["context"], keep=True)
-        compiled = call_unet(compiled_twin, **tensors)
-        plain = call_unet(model.unet, **tensors)
+    with torch.no_grad():  # what the UNet's runner does with --compile: the compiled copy, then a call
+        compiled = model._compiled_unet()
+        model._projections.update(tensors["context"], tensors["context"], keep=True)
+        out = compiled(**tensors)
+        plain = model._unet_forward(**tensors)
     assert counters["fxgraph_cache_hit"] > 0 and counters["fxgraph_cache_miss"] == 0
-    assert torch.allclose(compiled, plain, atol=1e-4)
+    assert torch.allclose(out, plain, atol=1e-4)
     torch._dynamo.reset()
 
-    # prebuild marks the cache as filled, and a second prebuild for the same shapes starts no helper
-    compile_helpers.prebuild("vae", model.vae, Acceleration(), {"z": torch.randn(1, 4, 8, 8)}, helpers=1)
     started = time.perf_counter()
-    compile_helpers.prebuild("vae", model.vae, Acceleration(), {"z": torch.randn(1, 4, 8, 8)}, helpers=1)
+    compile_helpers.prebuild("unet", model.unet, COMPILE_SETTINGS, tensors, helpers=2)
     assert time.perf_counter() - started < 1.0
-    assert len(list((tmp_path / "inductor" / "compile-helpers").glob("*.done"))) == 1
-    torch._dynamo.reset()
 
 
 def test_a_failing_compile_helper_reports_why(tmp_path):
