@@ -127,6 +127,15 @@ def load_ours(path: Path, device: torch.device, policy=None):
     return load_checkpoint(info, policy)
 
 
+def use_compile_settings(text: str | None) -> None:
+    """Run --compile with another acceleration variant (modules/acceleration.py) than the application's."""
+    if text:
+        from modules import sd_model
+        from modules.acceleration import Acceleration
+
+        sd_model.COMPILE_SETTINGS = Acceleration.parse(text)
+
+
 # --------------------------------------------------------------------------------------------- timing
 
 def sync() -> None:
@@ -372,12 +381,12 @@ def bench_case(case: Case, report: Report, work: Path, args) -> None:
         bench_low_memory(case, path, report, outputs, args)
 
     if "compile" in args.paths:
-        model.set_policy(dataclasses.replace(plain, cuda_graphs=True, compile=True))
+        model.set_policy(dataclasses.replace(plain, cuda_graphs=True, compile=True, compile_helpers=args.helpers))
         try:
             warm_up(model, report, case, "first, empty cache")
             if args.cached_warmup:
                 torch._dynamo.reset()
-                model.set_policy(dataclasses.replace(plain, cuda_graphs=True, compile=True))
+                model.set_policy(dataclasses.replace(plain, cuda_graphs=True, compile=True, compile_helpers=args.helpers))
                 warm_up(model, report, case, "again, from the on-disk cache")
             measure_ours(model, case, report, outputs, args, "compiled", eager_image)
             if "breakdown" in args.paths:
@@ -489,10 +498,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cached-warmup", action="store_true", help="warm up twice: empty cache, then from the cache")
     parser.add_argument("--sdxl-compile", action="store_true", help="also stock compiled SDXL (minutes of compile)")
     parser.add_argument("--stock-batch16", action="store_true", help="also stock compiled at batch 16 (recompiles)")
+    parser.add_argument("--helpers", type=int, default=None, help="compile helper processes (--compile-helpers)")
+    parser.add_argument("--compile-settings", default=None, help="an acceleration variant for --compile, e.g. compile=layers+quick")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU, to check the script")
     args = parser.parse_args(argv)
+    use_compile_settings(args.compile_settings)
     args.batches = [int(b) for b in args.batches.split(",") if b]
     report = Report(args.out)
+    report.data["settings"] = {"compile_helpers": args.helpers, "compile_settings": args.compile_settings}
     cases = {"sd15": Case("SD1.5 512x512 20 steps", "sd1", 512, 20),
              "sdxl": Case("SDXL 1024x1024 30 steps", "sdxl", 1024, 30)}
     if args.tiny:

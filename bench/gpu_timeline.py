@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 
-from gpu_speed import Case, Report, load_ours, run_ours, wait_for_warmups, write_checkpoint  # noqa: E402
+from gpu_speed import (Case, Report, load_ours, run_ours, use_compile_settings, wait_for_warmups,  # noqa: E402
+                       write_checkpoint)
 
 STAGES = {"encode prompts": "encode_conditioning", "sampling": "sample_latents", "VAE decode": "decode_latents",
           "PNG + save": "_collect"}
@@ -141,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu")
     parser.add_argument("--family", choices=["sd1", "sdxl"], default="sd1")
     parser.add_argument("--paths", default="graphs,compile", help="comma-separated: eager, graphs, compile")
+    parser.add_argument("--helpers", type=int, default=None, help="compile helper processes (--compile-helpers)")
+    parser.add_argument("--compile-settings", default=None, help="an acceleration variant for --compile, e.g. compile=layers+quick")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args(argv)
+    use_compile_settings(args.compile_settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     case = Case("SDXL 1024x1024 30 steps", "sdxl", 1024, 30) if args.family == "sdxl" else \
         Case("SD1.5 512x512 20 steps", "sd1", 512, 20)
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         plain = model.policy
         for path in args.paths.split(","):
             model.set_policy(dataclasses.replace(plain, cuda_graphs=path in ("graphs", "compile"),
-                                                 compile=path == "compile"))
+                                                 compile=path == "compile", compile_helpers=args.helpers))
             started = time.perf_counter()
             if path == "compile":
                 from modules.generation_service import start_warm_up
@@ -172,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                 call(i)
             warm = time.perf_counter() - started
             summary = profiled_image(model, case, outputs)
-            report.add(case=case.name, path=path, warm_up_s=round(warm, 1), **summary)
+            report.add(case=case.name, path=path, warm_up_s=round(warm, 1), helpers=args.helpers,
+                       compile_settings=args.compile_settings, **summary)
     return 0
 
 

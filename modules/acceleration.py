@@ -9,8 +9,9 @@ never what they compute beyond fp16 rounding:
 - sdpa_backend: pin scaled_dot_product_attention to one kernel family (None lets PyTorch choose).
 - compile: "blocks" compiles each ResNet / transformer / resampling block with Inductor, on a copy of
   the module that shares its weights (the blocks repeat: fewer and smaller graphs than "full", which
-  compiles the whole forward at once). Graphs are cached on disk by Inductor, so a restart compiles
-  from the cache.
+  compiles the whole forward at once); "layers" compiles each layer of a transformer on its own instead
+  of the whole transformer (SDXL's ten-layer transformers are then one small graph reused ten times, not
+  one graph ten layers long). Graphs are cached on disk by Inductor, so a restart compiles from the cache.
 
 `applied` is the benchmark's way in (one combination at a time, undone afterwards);
 `compiled_for_inference` and `compiled_blocks` are what `--compile` uses (modules/sd_model.py).
@@ -36,6 +37,10 @@ RECOMPILE_LIMIT = 64
 TUNED_INDUCTOR = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
                   "coordinate_descent_check_all_directions": True, "epilogue_fusion": False}
 COMPILED_BLOCKS = frozenset({"ResnetBlock2D", "Transformer2DModel", "Downsample2D", "Upsample2D", "Attention"})
+# diffusers' own list of the UNet's repeated blocks (`_repeated_blocks`) is its transformer layer; the
+# transformer's input norm is compiled as a region of its own so it does not fall back to eager kernels.
+COMPILED_LAYERS = frozenset({"ResnetBlock2D", "BasicTransformerBlock", "Downsample2D", "Upsample2D", "Attention",
+                             "GroupNorm"})
 
 
 @dataclass(frozen=True)
@@ -43,14 +48,14 @@ class Acceleration:
     channels_last: bool = False
     fused_qkv: bool = False
     sdpa_backend: str | None = None  # a torch.nn.attention.SDPBackend name, e.g. "CUDNN_ATTENTION"
-    compile: str | None = None  # None | "blocks" | "full"
+    compile: str | None = None  # None | "blocks" | "layers" | "full"
     autotune: bool = False  # Inductor's max-autotune (Triton GEMM/conv templates timed per shape; slow to compile)
     tuned: bool = False  # Inductor settings diffusers recommends for its UNets (TUNED_INDUCTOR)
     quick: bool = False  # one launch configuration per pointwise kernel, not several compiled and timed
 
     @classmethod
     def parse(cls, text: str) -> "Acceleration":
-        """'nchw' or '+'-joined parts: cl, fused_qkv, sdpa=NAME, compile=blocks|full, autotune, tuned, quick."""
+        """'nchw' or '+'-joined parts: cl, fused_qkv, sdpa=NAME, compile=blocks|layers|full, autotune, tuned, quick."""
         fields: dict[str, object] = {}
         for part in filter(None, text.split("+")):
             key, _, value = part.partition("=")
@@ -62,7 +67,7 @@ class Acceleration:
                 fields["fused_qkv"] = True
             elif key == "sdpa" and value:
                 fields["sdpa_backend"] = value
-            elif key == "compile" and value in ("blocks", "full"):
+            elif key == "compile" and value in ("blocks", "layers", "full"):
                 fields["compile"] = value
             elif key in ("autotune", "tuned", "quick"):
                 fields[key] = True
@@ -71,14 +76,40 @@ class Acceleration:
         return cls(**fields)
 
 
-def _outermost_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """The modules of the COMPILED_BLOCKS classes that no other such module contains (nested compiled
-    regions would break each other's graphs)."""
+def _outermost_blocks(module: torch.nn.Module, classes: frozenset[str] = COMPILED_BLOCKS) -> list[torch.nn.Module]:
+    """The modules of `classes` that no other such module contains (nested compiled regions would break
+    each other's graphs)."""
     found: list[tuple[str, torch.nn.Module]] = []
     for name, block in module.named_modules():
-        if type(block).__name__ in COMPILED_BLOCKS and not any(name.startswith(outer + ".") for outer, _ in found):
+        if type(block).__name__ in classes and not any(name.startswith(outer + ".") for outer, _ in found):
             found.append((name, block))
     return [block for _, block in found]
+
+
+def _signature(block: torch.nn.Module) -> tuple:
+    """Blocks with equal signatures almost always trace to the same graph (same class, same weight
+    shapes); only their input size can still differ."""
+    return type(block).__name__, tuple((name, tuple(p.shape)) for name, p in block.named_parameters())
+
+
+def _share_of(blocks: list[torch.nn.Module], index: int, count: int) -> list[torch.nn.Module]:
+    """The `index`-th of `count` shares of `blocks` with about equal compile work. Blocks with one
+    signature stay together (the second compiles from the first's graph, so splitting them would compile
+    it twice), and the groups are dealt largest first to the least loaded share. A graph's compile time
+    grows with its size, so a group weighs the number of modules in one of its blocks; the order is
+    fixed by the architecture, so every process computes the same shares."""
+    groups: dict[tuple, list[torch.nn.Module]] = {}
+    for block in blocks:
+        groups.setdefault(_signature(block), []).append(block)
+    weight = {key: sum(1 for _ in members[0].modules()) * (1 + 0.1 * (len(members) - 1))
+              for key, members in groups.items()}
+    loads, chosen = [0.0] * count, set()
+    for key in sorted(groups, key=lambda k: -weight[k]):  # sorted() is stable: ties keep the model's order
+        lightest = loads.index(min(loads))
+        loads[lightest] += weight[key]
+        if lightest == index:
+            chosen.update(id(b) for b in groups[key])
+    return [block for block in blocks if id(block) in chosen]
 
 
 def _drop_fused_projections(module: torch.nn.Module) -> None:
@@ -124,7 +155,7 @@ def applied(module: torch.nn.Module, acceleration: Acceleration, decode: bool = 
     forward = _forward(module, decode)
     if acceleration.compile == "full":
         forward = compiled_for_inference(forward, acceleration)
-    elif acceleration.compile == "blocks":
+    elif acceleration.compile in ("blocks", "layers"):
         forward = _forward(compiled_blocks(module, acceleration), decode)
 
     def call(**tensors):
@@ -181,16 +212,14 @@ def shared_weight_copy(module: torch.nn.Module) -> torch.nn.Module:
 
 def compiled_blocks(module: torch.nn.Module, acceleration: Acceleration = Acceleration(),
                     share: tuple[int, int] | None = None) -> torch.nn.Module:
-    """A weight-sharing copy of `module` with each repeated block (COMPILED_BLOCKS) compiled by
-    Inductor; `module` itself stays uncompiled. `share=(i, n)` compiles only the i-th of n equal runs
-    of consecutive blocks (a compile helper's part, modules/compile_helpers.py); neighbours often have
-    the same shapes, so a run compiles fewer distinct graphs than as many blocks picked at random."""
+    """A weight-sharing copy of `module` with each repeated block (COMPILED_BLOCKS, or COMPILED_LAYERS
+    for compile="layers") compiled by Inductor; `module` itself stays uncompiled. `share=(i, n)` compiles
+    only the i-th of n shares of about equal compile work (a compile helper's part, compile_helpers.py)."""
     _raise_recompile_limits()
     twin = shared_weight_copy(module)
-    blocks = _outermost_blocks(twin)
+    blocks = _outermost_blocks(twin, COMPILED_LAYERS if acceleration.compile == "layers" else COMPILED_BLOCKS)
     if share is not None:
-        index, count = share
-        blocks = blocks[len(blocks) * index // count:len(blocks) * (index + 1) // count]
+        blocks = _share_of(blocks, *share)
     for block in blocks:
         block.compile(dynamic=False, options=_options(acceleration))
     return twin

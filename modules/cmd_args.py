@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compile the UNet and VAE decoder with torch.compile for each new image size, in the "
                              "background, with helper processes (about 1 minute the first time on a 16-core host, 1.5 for "
                              "SDXL; about 8 s from the cache); implies --cuda-graphs")
+    device.add_argument("--compile-helpers", type=int, default=None, metavar="N",
+                        help="with --compile: processes that share a model's first compilation (default: a quarter "
+                             "of the CPU cores, at most 4; 0 compiles in the server process alone)")
     device.add_argument("--skip-torch-cuda-test", action="store_true",
                         help="start even when torch cannot use a GPU (runs on the CPU)")
 

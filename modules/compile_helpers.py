@@ -69,7 +69,7 @@ class Job:
     acceleration: dict
     inputs: dict[str, TensorSpec | None]
     device: str
-    share: tuple[int, int] | None = None  # (i, n): the i-th of n equal runs of consecutive blocks
+    share: tuple[int, int] | None = None  # (i, n): the i-th of n shares of the blocks (acceleration._share_of)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -94,10 +94,11 @@ def job_for(part: str, module: torch.nn.Module, acceleration: Acceleration,
                device=str(weight.device), share=share)
 
 
-def helper_count(module: torch.nn.Module) -> int:
-    """How many helpers this machine can run for `module`: a quarter of the cores (each helper's own
-    kernel builds use the rest), and as many copies of the weights as fit in free GPU memory."""
-    count = min(MAX_HELPERS, (os.cpu_count() or 1) // 4)
+def helper_count(module: torch.nn.Module, wanted: int | None = None) -> int:
+    """How many helpers to run for `module`: `wanted` (--compile-helpers), else a quarter of the cores
+    (each helper's own kernel builds use the rest) up to MAX_HELPERS; never more copies of the weights
+    than fit in free GPU memory."""
+    count = min(MAX_HELPERS, (os.cpu_count() or 1) // 4) if wanted is None else wanted
     weight = next(module.parameters())
     if weight.is_cuda and count:
         free, _ = torch.cuda.mem_get_info(weight.device)
@@ -106,12 +107,12 @@ def helper_count(module: torch.nn.Module) -> int:
     return max(0, count)
 
 
-def run_helpers(jobs: list[Job], timeout: float = HELPER_TIMEOUT_S) -> list[str]:
-    """Runs each job in its own process, all at once, and waits for them; the errors of those that failed."""
+def run_helpers(jobs: list[Job], timeout: float = HELPER_TIMEOUT_S, at_once: int | None = None) -> list[str]:
+    """Runs each job in its own process, all at once, and waits for them; the errors of those that failed.
+    `at_once`: how many helpers run on the machine meanwhile (these and others'), each of which gets an
+    equal part of the cores for its kernel builds."""
     started = time.perf_counter()
-    # The UNet's helpers and the VAE decoder's run at the same time: each gets a share of the cores for
-    # its kernel builds.
-    threads = str(max(1, (os.cpu_count() or 1) // (MAX_HELPERS + 1)))
+    threads = str(max(1, (os.cpu_count() or 1) // max(len(jobs), at_once or 0)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "TORCHINDUCTOR_COMPILE_THREADS": threads}
     processes, logs = [], []
@@ -152,7 +153,9 @@ def prebuild(part: str, module: torch.nn.Module, acceleration: Acceleration,
         return
     started = time.perf_counter()
     shares = [(i, count) for i in range(count)] if part == "unet" else [None]
-    errors = run_helpers([job_for(part, module, acceleration, tensors, share) for share in shares])
+    # The UNet's helpers and the VAE decoder's one run at the same time.
+    errors = run_helpers([job_for(part, module, acceleration, tensors, share) for share in shares],
+                         at_once=helpers + 1)
     for error in errors:
         log.warning("A compile helper failed (the serving process compiles its share): %s", error)
     log.info("%d compile helper(s) for the %s done in %.1f s", count, part, time.perf_counter() - started)

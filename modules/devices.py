@@ -17,6 +17,7 @@ class DevicePolicy:
     cuda_graphs: bool = False  # replay the UNet, VAE decoder and text encoders from CUDA graphs
     compile: bool = False  # also compile them with Inductor, in the background (modules/acceleration.py)
     memory_mode: str = "normal"  # "normal" | "medvram" | "lowvram" (modules/memory_modes.py)
+    compile_helpers: int | None = None  # processes that share a first compilation; None: from the cores
 
     @property
     def replays_graphs(self) -> bool:
@@ -39,7 +40,8 @@ class DevicePolicy:
         memory_mode = "lowvram" if getattr(args, "lowvram", False) else \
             "medvram" if getattr(args, "medvram", False) else "normal"
         return cls(torch.device("cuda", index), half, vae, half, cuda_graphs=getattr(args, "cuda_graphs", False),
-                   compile=getattr(args, "compile", False), memory_mode=memory_mode)
+                   compile=getattr(args, "compile", False), memory_mode=memory_mode,
+                   compile_helpers=getattr(args, "compile_helpers", None))
 
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"

@@ -155,7 +155,7 @@ class StableDiffusionModel:
         from modules import compile_helpers
 
         part, module = ("unet", self.unet) if name == "UNet" else ("vae", self.vae)
-        helpers = compile_helpers.helper_count(module)
+        helpers = compile_helpers.helper_count(module, self.policy.compile_helpers)
         if helpers < 1:
             return None
         return functools.partial(compile_helpers.prebuild, part, module, COMPILE_SETTINGS, helpers=helpers)
