@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import re
 import sys
 import tempfile
@@ -137,6 +138,14 @@ def profiled_image(model, case: Case, outputs: Path) -> dict:
         return summarise(json.loads(Path(handle.name).read_text()))
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu")
@@ -144,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paths", default="graphs,compile", help="comma-separated: eager, graphs, compile")
     parser.add_argument("--helpers", type=int, default=None, help="compile helper processes (--compile-helpers)")
     parser.add_argument("--compile-settings", default=None, help="an acceleration variant for --compile, e.g. compile=layers+quick")
+    parser.add_argument("--warm-up-only", action="store_true", help="time the compile warm-up, profile no image")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args(argv)
     use_compile_settings(args.compile_settings)
@@ -165,12 +175,18 @@ def main(argv: list[str] | None = None) -> int:
             if path == "compile":
                 from modules.generation_service import start_warm_up
 
+                cpu_before = cpu_seconds()
                 start_warm_up(model)
                 parts = wait_for_warmups(model, timeout=400)
+                cpu_busy = [after - before for after, before in zip(cpu_seconds(), cpu_before)]
                 from gpu_variants import compile_phases
 
                 report.add(case=case.name, path=path, warm_up_parts_s=parts, seconds=round(time.perf_counter() - started, 1),
-                           compile_phases_s=compile_phases())
+                           cpu_busy_fraction=round(cpu_busy[0] / cpu_busy[1], 2), cpus=os.cpu_count(),
+                           compile_phases_s=compile_phases(), helpers=args.helpers,
+                           compile_settings=args.compile_settings)
+                if args.warm_up_only:
+                    continue
             call = run_ours(model, case, outputs)
             for i in range(3):  # captures, then steady state
                 call(i)

@@ -9,9 +9,10 @@ never what they compute beyond fp16 rounding:
 - sdpa_backend: pin scaled_dot_product_attention to one kernel family (None lets PyTorch choose).
 - compile: "blocks" compiles each ResNet / transformer / resampling block with Inductor, on a copy of
   the module that shares its weights (the blocks repeat: fewer and smaller graphs than "full", which
-  compiles the whole forward at once); "layers" compiles each layer of a transformer on its own instead
-  of the whole transformer (SDXL's ten-layer transformers are then one small graph reused ten times, not
-  one graph ten layers long). Graphs are cached on disk by Inductor, so a restart compiles from the cache.
+  compiles the whole forward at once); "layers" is "blocks" except that a deep transformer (more than
+  WHOLE_TRANSFORMER_LAYERS layers) compiles each layer on its own, plus its input and output projections
+  (SDXL's ten-layer transformers are then one small graph reused ten times, not one graph ten layers
+  long). Graphs are cached on disk by Inductor, so a restart compiles from the cache.
 
 `applied` is the benchmark's way in (one combination at a time, undone afterwards);
 `compiled_for_inference` and `compiled_blocks` are what `--compile` uses (modules/sd_model.py).
@@ -37,10 +38,10 @@ RECOMPILE_LIMIT = 64
 TUNED_INDUCTOR = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
                   "coordinate_descent_check_all_directions": True, "epilogue_fusion": False}
 COMPILED_BLOCKS = frozenset({"ResnetBlock2D", "Transformer2DModel", "Downsample2D", "Upsample2D", "Attention"})
-# diffusers' own list of the UNet's repeated blocks (`_repeated_blocks`) is its transformer layer; the
-# transformer's input norm is compiled as a region of its own so it does not fall back to eager kernels.
-COMPILED_LAYERS = frozenset({"ResnetBlock2D", "BasicTransformerBlock", "Downsample2D", "Upsample2D", "Attention",
-                             "GroupNorm"})
+# Deeper transformers are compiled layer by layer with compile="layers" (diffusers' own list of the UNet's
+# repeated blocks, `_repeated_blocks`, is the transformer layer). Each layer boundary costs a pass over
+# the activations that a whole-transformer graph fuses away, so shallow ones stay whole.
+WHOLE_TRANSFORMER_LAYERS = 2
 
 
 @dataclass(frozen=True)
@@ -76,14 +77,54 @@ class Acceleration:
         return cls(**fields)
 
 
-def _outermost_blocks(module: torch.nn.Module, classes: frozenset[str] = COMPILED_BLOCKS) -> list[torch.nn.Module]:
-    """The modules of `classes` that no other such module contains (nested compiled regions would break
-    each other's graphs)."""
+def _outermost_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules of the COMPILED_BLOCKS classes that no other such module contains (nested compiled
+    regions would break each other's graphs)."""
     found: list[tuple[str, torch.nn.Module]] = []
     for name, block in module.named_modules():
-        if type(block).__name__ in classes and not any(name.startswith(outer + ".") for outer, _ in found):
+        if type(block).__name__ in COMPILED_BLOCKS and not any(name.startswith(outer + ".") for outer, _ in found):
             found.append((name, block))
     return [block for _, block in found]
+
+
+class _TransformerEnds:
+    """The parts of a transformer around its layers (input norm and projection, output projection and
+    residual), compiled as two regions of their own when its layers are compiled one by one. They are
+    diffusers methods, replaced on this copy's instance only."""
+
+    METHODS = ("_operate_on_continuous_inputs", "_get_output_for_continuous_inputs")
+
+    def __init__(self, transformer: torch.nn.Module):
+        self.transformer = transformer
+        self.parts = torch.nn.ModuleList([transformer.norm, transformer.proj_in, transformer.proj_out])
+
+    @classmethod
+    def applies_to(cls, transformer: torch.nn.Module) -> bool:
+        return getattr(transformer, "is_input_continuous", False) and all(hasattr(transformer, m) for m in cls.METHODS)
+
+    def named_parameters(self):
+        return self.parts.named_parameters()
+
+    def modules(self):
+        return self.parts.modules()
+
+    def compile(self, **options) -> None:
+        for method in self.METHODS:
+            setattr(self.transformer, method, torch.compile(getattr(self.transformer, method), **options))
+
+
+def _regions(module: torch.nn.Module, granularity: str | None) -> list:
+    """What `compiled_blocks` compiles: the outermost COMPILED_BLOCKS; with "layers", a deep transformer's
+    layers and ends instead of the transformer."""
+    regions: list = []
+    for block in _outermost_blocks(module):
+        layers = getattr(block, "transformer_blocks", ())
+        if granularity == "layers" and len(layers) > WHOLE_TRANSFORMER_LAYERS and _TransformerEnds.applies_to(block):
+            regions.append(_TransformerEnds(block))
+            regions.extend(layers)
+        else:
+            regions.append(block)
+    return regions
 
 
 def _signature(block: torch.nn.Module) -> tuple:
@@ -212,12 +253,13 @@ def shared_weight_copy(module: torch.nn.Module) -> torch.nn.Module:
 
 def compiled_blocks(module: torch.nn.Module, acceleration: Acceleration = Acceleration(),
                     share: tuple[int, int] | None = None) -> torch.nn.Module:
-    """A weight-sharing copy of `module` with each repeated block (COMPILED_BLOCKS, or COMPILED_LAYERS
-    for compile="layers") compiled by Inductor; `module` itself stays uncompiled. `share=(i, n)` compiles
-    only the i-th of n shares of about equal compile work (a compile helper's part, compile_helpers.py)."""
+    """A weight-sharing copy of `module` with each repeated block (COMPILED_BLOCKS; with compile="layers"
+    the layers of deep transformers) compiled by Inductor; `module` itself stays uncompiled. `share=(i, n)`
+    compiles only the i-th of n shares of about equal compile work (a compile helper's part,
+    compile_helpers.py)."""
     _raise_recompile_limits()
     twin = shared_weight_copy(module)
-    blocks = _outermost_blocks(twin, COMPILED_LAYERS if acceleration.compile == "layers" else COMPILED_BLOCKS)
+    blocks = _regions(twin, acceleration.compile)
     if share is not None:
         blocks = _share_of(blocks, *share)
     for block in blocks:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -37,7 +38,9 @@ HELPER_TIMEOUT_S = 900
 # workspaces of the kernels being tuned (SDXL at 1024x1024 needs about 1.5 GiB).
 HELPER_OVERHEAD_BYTES = 2 * 2**30
 MAX_HELPERS = 4
+PHASES_PREFIX = "compile helper phases: "
 log = logging.getLogger(__name__)
+_IMPORTED = time.time()  # torch is imported by now: most of a helper's start-up
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ def run_helpers(jobs: list[Job], timeout: float = HELPER_TIMEOUT_S, at_once: int
     threads = str(max(1, (os.cpu_count() or 1) // max(len(jobs), at_once or 0)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "TORCHINDUCTOR_COMPILE_THREADS": threads}
-    processes, logs = [], []
+    processes, logs, spawned = [], [], time.time()
     for job in jobs:
         logs.append(tempfile.TemporaryFile(mode="w+"))  # a file, not a pipe: a full pipe would stall the helper
         processes.append(subprocess.Popen([sys.executable, "-m", "modules.compile_helpers"], cwd=ROOT, env=env,
@@ -137,10 +140,19 @@ def run_helpers(jobs: list[Job], timeout: float = HELPER_TIMEOUT_S, at_once: int
                 stderr.seek(0)
                 errors.append(f"{job.part} {job.share}: exit {process.returncode}: {stderr.read().strip()[-400:]}")
             else:
-                log.info("Compile helper %s %s finished after %.1f s", job.part, job.share,
-                         time.perf_counter() - started)
+                log.info("Compile helper %s %s finished after %.1f s (%s)", job.part, job.share,
+                         time.perf_counter() - started, _phases(stderr, spawned))
         stderr.close()
     return errors
+
+
+def _phases(stderr, spawned: float) -> str:
+    """A helper's own report of when it had imported torch, built the module and compiled it."""
+    stderr.seek(0)
+    reports = [line.removeprefix(PHASES_PREFIX) for line in stderr.read().splitlines() if line.startswith(PHASES_PREFIX)]
+    if not reports:
+        return "no report"
+    return ", ".join(f"{name} after {stamp - spawned:.1f} s" for name, stamp in json.loads(reports[-1]).items())
 
 
 def prebuild(part: str, module: torch.nn.Module, acceleration: Acceleration,
@@ -178,20 +190,28 @@ def _build(job: Job) -> torch.nn.Module:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     model_class = UNet2DConditionModel if job.part == "unet" else AutoencoderKL
-    with torch.device(job.device):  # randomly initialised: the compiled program does not depend on the values
+    # The compiled program does not depend on the weights' values: the module is made without any
+    # (diffusers' initialisation of SDXL's UNet takes 20 s on a CPU) and filled with noise where it runs.
+    with torch.device("meta"):
         module = model_class.from_config(job.config)
-    module = module.to(getattr(torch, job.dtype)).eval().requires_grad_(job.requires_grad)
+    module = module.to_empty(device=job.device).to(getattr(torch, job.dtype))
+    with torch.no_grad():
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
+            tensor.normal_(0.0, 0.02) if tensor.is_floating_point() else tensor.zero_()
+    module = module.eval().requires_grad_(job.requires_grad)
     if job.channels_last:
         module.to(memory_format=torch.channels_last)
     return module
 
 
-def run_job(job: Job) -> None:
-    """Compile what `job` names, the same way the serving process does, and run it once."""
+def run_job(job: Job) -> dict[str, float]:
+    """Compile what `job` names, the same way the serving process does, and run it once; when (time.time())
+    it had built the module and compiled it."""
     from modules.context_projections import ContextProjections
     from modules.sd_model import call_unet, call_vae_decoder
 
     module = _build(job)
+    built = time.time()
     acceleration = Acceleration(**job.acceleration)
     device = torch.device(job.device)
     inputs = {k: None if spec is None else spec.example(device) for k, spec in job.inputs.items()}
@@ -205,12 +225,17 @@ def run_job(job: Job) -> None:
             compiled_for_inference(functools.partial(call_vae_decoder, module), acceleration)(**inputs)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    return {"built": built, "compiled": time.time()}
 
 
 def main() -> int:
-    run_job(Job.from_json(sys.stdin.read()))
+    times = {"imported": _IMPORTED, **run_job(Job.from_json(sys.stdin.read()))}
+    print(PHASES_PREFIX + json.dumps(times), file=sys.stderr, flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is in the on-disk cache by now; an orderly exit (the compile workers, the CUDA context)
+    # took another 4 s on a 16-core host, which the serving process would wait for.
+    os._exit(code)

@@ -13,6 +13,8 @@ them at fixed addresses, so they are refilled in place, never replaced.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
@@ -64,14 +66,17 @@ class ContextProjections:
         self.groups: list[list[Attention]] = [[layer] for layer in layers]
         self._kept: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._projected: tuple | None = None  # (context object, its version, weights' version)
+        # A compiled copy is made on a background thread while sampling may be setting buffers.
+        self._lock = threading.RLock()
 
     def compiled(self, acceleration, share: tuple[int, int] | None = None) -> torch.nn.Module:
         """acceleration.compiled_blocks of `unet` (what --compile runs, and each compile helper its
         `share` of), its layers given the projections from now on."""
         from modules.acceleration import compiled_blocks
 
-        copy = compiled_blocks(self.unet, acceleration, share)
-        self.adopt(copy)
+        with self._lock:
+            copy = compiled_blocks(self.unet, acceleration, share)
+            self.adopt(copy)
         return copy
 
     def adopt(self, copy: torch.nn.Module) -> None:
@@ -79,17 +84,22 @@ class ContextProjections:
         layers = [m for m in copy.modules() if isinstance(getattr(m, "processor", None), ProjectedCrossAttention)]
         if len(layers) != len(self.groups):
             raise ValueError(f"the copy has {len(layers)} projected layers, the UNet {len(self.groups)}")
-        for group, layer in zip(self.groups, layers):
-            group.append(layer)
-        if self._projected is not None:
-            for group in self.groups:
-                self._assign(group[-1:], getattr(group[0], KEY), getattr(group[0], VALUE))
+        with self._lock:
+            for group, layer in zip(self.groups, layers):
+                group.append(layer)
+            if self._projected is not None:
+                for group in self.groups:
+                    self._assign(group[-1:], getattr(group[0], KEY), getattr(group[0], VALUE))
 
     @torch.no_grad()
     def update(self, source: torch.Tensor, context: torch.Tensor, keep: bool) -> None:
         """Make every layer's keys and values those of `context` (the UNet's input: `source` converted
         to its dtype) unless they already are. `keep`: refill this shape's buffers in place (graphs
         replay them) instead of replacing them."""
+        with self._lock:
+            self._update(source, context, keep)
+
+    def _update(self, source: torch.Tensor, context: torch.Tensor, keep: bool) -> None:
         state = (source, source._version, self._weights_version())
         if self._projected is not None and state[0] is self._projected[0] and state[1:] == self._projected[1:]:
             return
@@ -109,11 +119,12 @@ class ContextProjections:
     def clear(self) -> None:
         """Forget every kept projection and adopted copy (the graphs and compiled copies that read them
         are being dropped too)."""
-        self._kept.clear()
-        self._projected = None
-        self.groups = [group[:1] for group in self.groups]
-        for group in self.groups:
-            self._assign(group, None, None)
+        with self._lock:
+            self._kept.clear()
+            self._projected = None
+            self.groups = [group[:1] for group in self.groups]
+            for group in self.groups:
+                self._assign(group, None, None)
 
     def _weights_version(self) -> int:
         # In-place weight changes (LoRA patches) bump these counters.

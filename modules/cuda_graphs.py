@@ -185,17 +185,21 @@ class WarmingRunner:
     # (the first shape asked for, the UNet's, is then ready first).
     _compiling = threading.Lock()
 
-    def __init__(self, plain: Callable[..., torch.Tensor], compiled: Callable[..., torch.Tensor], label: str,
-                 on_change: Callable[[], None] = lambda: None,
+    def __init__(self, plain: Callable[..., torch.Tensor], make_compiled: Callable[[], Callable[..., torch.Tensor]],
+                 label: str, on_change: Callable[[], None] = lambda: None,
                  prebuild: Callable[[dict[str, torch.Tensor | None]], None] | None = None):
         self.plain = CudaGraphRunner(plain)
-        self.fast = CudaGraphRunner(compiled)
-        self.compiled = compiled
+        # Built on the compile thread when first needed: making it imports the compiler and copies the
+        # module, seconds that would otherwise delay the first call and the helpers' start.
+        self.make_compiled = make_compiled
+        self.compiled: Callable[..., torch.Tensor] | None = None
+        self.fast: CudaGraphRunner | None = None
         self.prebuild = prebuild  # fills the compile cache from other processes first (compile_helpers.py)
         self.label = label
         self.on_change = on_change
         self.warmups: dict[ShapeKey, WarmUp] = {}
         self._lock = threading.Lock()
+        self._building = threading.Lock()
 
     def __call__(self, **tensors: torch.Tensor | None):
         key = shape_key(tensors)
@@ -219,21 +223,32 @@ class WarmingRunner:
         warmup.started = time.perf_counter()
         log.info("Compiling %s in the background", warmup.label)
         self.on_change()
-        if self.prebuild is not None:
-            try:  # outside the one-at-a-time lock: the helpers of several parts run at once
-                self.prebuild(examples)
-            except Exception as e:  # noqa: BLE001 - without helpers this process compiles everything itself
-                log.warning("Compile helpers for %s failed: %s", warmup.label, e)
+        helpers = None
+        if self.prebuild is not None:  # outside the one-at-a-time lock: the helpers of several parts run at once
+            helpers = threading.Thread(target=self._prebuild, args=(warmup, examples), daemon=True,
+                                       name=f"compile-helpers-{self.label}")
+            helpers.start()
+        try:
+            with self._building:
+                if self.compiled is None:  # while the helpers work
+                    self.compiled = self.make_compiled()
+                    self.fast = CudaGraphRunner(self.compiled)
+        except Exception as e:  # noqa: BLE001
+            warmup.error = f"{type(e).__name__}: {e}"[:300]
+        if helpers is not None:
+            helpers.join()
         with self._compiling:
             _gate.begin_compile()
             try:
+                if warmup.error is not None:
+                    raise RuntimeError(warmup.error)
                 side = _side_stream()
                 with torch.no_grad(), torch.cuda.stream(side):
                     for _ in range(WARMUP_CALLS):
                         self.compiled(**examples)
                 side.synchronize()
             except Exception as e:  # noqa: BLE001 - a shape the compiler cannot handle stays on the plain path
-                warmup.error = f"{type(e).__name__}: {e}"[:300]
+                warmup.error = warmup.error or f"{type(e).__name__}: {e}"[:300]
             finally:
                 _gate.end_compile()
             if warmup.error is None:
@@ -246,6 +261,13 @@ class WarmingRunner:
             log.info("Compiled %s in %.1f s", warmup.label, warmup.seconds)
         self.on_change()
 
+    def _prebuild(self, warmup: WarmUp, examples: dict[str, torch.Tensor | None]) -> None:
+        try:
+            self.prebuild(examples)
+        except Exception as e:  # noqa: BLE001 - without helpers this process compiles everything itself
+            logging.getLogger(__name__).warning("Compile helpers for %s failed: %s", warmup.label, e)
+
     def clear(self) -> None:
         self.plain.clear()
-        self.fast.clear()
+        if self.fast is not None:
+            self.fast.clear()

@@ -145,7 +145,7 @@ class StableDiffusionModel:
             from modules import cuda_graphs
 
             if self.policy.compile and compiled is not None:
-                runner = cuda_graphs.WarmingRunner(fn, compiled(), name, prebuild=self._prebuild_for(name))
+                runner = cuda_graphs.WarmingRunner(fn, compiled, name, prebuild=self._prebuild_for(name))
             else:
                 runner = cuda_graphs.CudaGraphRunner(fn)
             self._runners[name] = runner
