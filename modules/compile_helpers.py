@@ -194,7 +194,7 @@ def _build(job: Job) -> torch.nn.Module:
     # (diffusers' initialisation of SDXL's UNet takes 20 s on a CPU) and filled with noise where it runs.
     with torch.device("meta"):
         module = model_class.from_config(job.config)
-    module = module.to_empty(device=job.device).to(getattr(torch, job.dtype))
+    module = module.to(getattr(torch, job.dtype)).to_empty(device=job.device)
     with torch.no_grad():
         for tensor in itertools.chain(module.parameters(), module.buffers()):
             tensor.normal_(0.0, 0.02) if tensor.is_floating_point() else tensor.zero_()

@@ -15,8 +15,9 @@ from modules.sampling.denoisers import DiscreteSchedule, Prediction
 
 # What --compile uses for the UNet and the VAE decoder. One launch configuration per pointwise kernel
 # ("quick"): the compile helpers (compile_helpers.py) share one GPU, and timing several configurations
-# of every kernel there is what made them slow (bench/RESULTS.md).
-COMPILE_SETTINGS = Acceleration(quick=True)
+# of every kernel there is what made them slow (bench/RESULTS.md). Deep transformers (SDXL's ten-layer
+# ones) compiled layer by layer: the SDXL warm-up took 55 s instead of over 80 s.
+COMPILE_SETTINGS = Acceleration(compile="layers", quick=True)
 
 
 @dataclass
