@@ -148,3 +148,83 @@ def test_a_failing_compile_helper_reports_why(tmp_path):
                               channels_last=False, requires_grad=False, acceleration={}, inputs={}, device="cpu")
     [error] = compile_helpers.run_helpers([job])
     assert error.startswith("vae None: exit 1") and "Error" in error
+
+
+def _sdxl_like_unet(layers: tuple[int, int]):
+    """A tiny UNet with SDXL's structure: cross-attention at both levels, `layers` transformer layers each."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from tiny_models import tiny_unet_config
+
+    config = {**tiny_unet_config("sdxl"), "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+              "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), "transformer_layers_per_block": layers}
+    torch.manual_seed(0)
+    return UNet2DConditionModel.from_config(config).eval()
+
+
+def test_compiled_layers_split_deep_transformers_and_compute_the_same():
+    """compile="layers" (what --compile uses): a transformer deeper than WHOLE_TRANSFORMER_LAYERS is
+    compiled layer by layer with its two ends as regions of their own, shallower ones whole; the
+    output is the plain UNet's."""
+    import torch
+
+    from modules.acceleration import WHOLE_TRANSFORMER_LAYERS, Acceleration, compiled_blocks
+    from modules.sd_model import call_unet
+
+    unet = _sdxl_like_unet((1, WHOLE_TRANSFORMER_LAYERS + 1))
+    twin = compiled_blocks(unet, Acceleration(compile="layers", quick=True))
+
+    def compiled(module):
+        return getattr(module, "_compiled_call_impl", None) is not None
+
+    transformers = [m for m in twin.modules() if type(m).__name__ == "Transformer2DModel"]
+    deep = [t for t in transformers if len(t.transformer_blocks) > WHOLE_TRANSFORMER_LAYERS]
+    shallow = [t for t in transformers if t not in deep]
+    assert deep and shallow
+    assert all(compiled(t) for t in shallow)
+    for transformer in deep:
+        assert not compiled(transformer) and all(compiled(layer) for layer in transformer.transformer_blocks)
+        assert {"_operate_on_continuous_inputs", "_get_output_for_continuous_inputs"} <= set(vars(transformer))
+    assert not any(compiled(m) or "_operate_on_continuous_inputs" in vars(m) for m in unet.modules())
+
+    g = torch.Generator().manual_seed(0)
+    config = unet.config
+    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([500.0, 500.0])
+    context = torch.randn(2, 77, config.cross_attention_dim, generator=g)
+    pooled = torch.randn(2, config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim,
+                         generator=g)
+    time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]] * 2)
+    with torch.no_grad():
+        plain = call_unet(unet, x, t, context, pooled, time_ids)
+        fast = call_unet(twin, x, t, context, pooled, time_ids)
+    assert torch.allclose(plain, fast, atol=1e-4)
+
+
+def test_compile_shares_cover_every_block_once_and_keep_equal_blocks_together():
+    """The compile helpers' shares of SDXL's UNet: each block in exactly one share, none empty, and the
+    blocks that compile to one graph in the same share (split, that graph would be compiled twice)."""
+    import torch
+    import yaml
+    from diffusers import UNet2DConditionModel
+
+    from modules import ldm_config
+    from modules.acceleration import _regions, _share_of, _signature
+    from modules.compile_helpers import ROOT
+    from modules.model_families import Family
+
+    config = ldm_config._unet_config(yaml.safe_load((ROOT / "configs" / "sd_xl_base.yaml").read_text()),
+                                     Family.SDXL, 1024)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    for granularity in ("blocks", "layers"):
+        regions = _regions(unet, granularity)
+        for count in (2, 4, 7):
+            shares = [_share_of(regions, index, count) for index in range(count)]
+            assert all(shares)
+            assert sorted(id(r) for share in shares for r in share) == sorted(id(r) for r in regions)
+            owner = {id(r): index for index, share in enumerate(shares) for r in share}
+            by_signature: dict = {}
+            for region in regions:
+                by_signature.setdefault(_signature(region), set()).add(owner[id(region)])
+            assert all(len(owners) == 1 for owners in by_signature.values())

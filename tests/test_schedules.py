@@ -212,3 +212,24 @@ def test_denoiser_recovers_x0_from_eps_and_v(prediction):
 
     out = DiscreteDenoiser(unet, SCHEDULE, prediction)(x, sigma)
     assert torch.allclose(out, x0, atol=1e-5)
+
+
+def test_sigma_to_t_matches_k_diffusions_interpolation_everywhere():
+    """The timestep of any sigma, inside, between and beyond the table's entries (and with zero-terminal-SNR's
+    infinite last sigma), is k-diffusion's: its index search is the scan `ge(0).cumsum(0).argmax(0)`."""
+    from modules.sampling.denoisers import rescale_zero_terminal_snr
+
+    def k_diffusion(schedule, sigma):
+        log_sigma, log_sigmas = sigma.log(), schedule.log_sigmas
+        dists = log_sigma - log_sigmas[:, None]
+        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
+        low, high = log_sigmas[low_idx], log_sigmas[low_idx + 1]
+        w = ((low - log_sigma) / (low - high)).clamp(0, 1)
+        return ((1 - w) * low_idx + w * (low_idx + 1)).view(sigma.shape)
+
+    ztsnr = DiscreteSchedule(rescale_zero_terminal_snr(scaled_linear_alphas_cumprod()))
+    for schedule in (SCHEDULE, ztsnr):
+        table = schedule.sigmas[torch.isfinite(schedule.sigmas)]
+        between = (table[:-1] * table[1:]).sqrt()
+        sigmas = torch.cat([table, between, torch.tensor([1e-4, table[0] * 0.5, table[-1] * 2, 1e4])])
+        assert torch.equal(schedule.sigma_to_t(sigmas), k_diffusion(schedule, sigmas))
