@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(faster at small batches; about 1 s per new shape)")
     device.add_argument("--compile", action="store_true",
                         help="compile the UNet and VAE decoder with torch.compile for each new image size, in the "
-                             "background, with helper processes (about 1 minute the first time on a 16-core host, 1.5 for "
-                             "SDXL; about 8 s from the cache); implies --cuda-graphs")
+                             "background, with helper processes (under a minute the first time on a 16-core host, "
+                             "SD1.5 or SDXL; under 10 s from the cache); implies --cuda-graphs")
     device.add_argument("--compile-helpers", type=int, default=None, metavar="N",
                         help="with --compile: processes that share a model's first compilation (default: a quarter "
                              "of the CPU cores, at most 4; 0 compiles in the server process alone)")
