@@ -381,12 +381,13 @@ def bench_case(case: Case, report: Report, work: Path, args) -> None:
         bench_low_memory(case, path, report, outputs, args)
 
     if "compile" in args.paths:
-        model.set_policy(dataclasses.replace(plain, cuda_graphs=True, compile=True, compile_helpers=args.helpers))
+        compiled = dataclasses.replace(plain, cuda_graphs=True, compile=True, compile_helpers=args.helpers)
+        model.set_policy(compiled)
         try:
             warm_up(model, report, case, "first, empty cache")
             if args.cached_warmup:
                 torch._dynamo.reset()
-                model.set_policy(dataclasses.replace(plain, cuda_graphs=True, compile=True, compile_helpers=args.helpers))
+                model.set_policy(compiled)
                 warm_up(model, report, case, "again, from the on-disk cache")
             measure_ours(model, case, report, outputs, args, "compiled", eager_image)
             if "breakdown" in args.paths:

@@ -8,7 +8,7 @@ their compile time the first time and again from the on-disk cache after `torch.
     python bench/gpu_variants.py --out bench/results/gpu [--sections unet15,vae,unetxl,text,png,kv]
     python bench/gpu_variants.py --tiny --out /tmp/variants     # tiny shapes on the CPU: checks the script
 
-A variant is '+'-joined parts (modules/acceleration.py): nchw, cl, fused_qkv, sdpa=NAME, compile=blocks|full,
+A variant is '+'-joined parts (modules/acceleration.py): nchw, cl, fused_qkv, sdpa=NAME, compile=blocks|layers|full,
 autotune (Inductor's max-autotune: minutes of compiling, so not in the default list), tuned, quick, e.g.
 `--unet-variants nchw,cl+compile=full+autotune`. Two more parts measure what the application does
 without choosing it, as "before" rows: fp32 (weights and inputs in float32 instead of fp16) and split

@@ -233,24 +233,13 @@ class WarmingRunner:
                 if self.compiled is None:  # while the helpers work
                     self.compiled = self.make_compiled()
                     self.fast = CudaGraphRunner(self.compiled)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - the part stays on the plain path
             warmup.error = f"{type(e).__name__}: {e}"[:300]
         if helpers is not None:
             helpers.join()
         with self._compiling:
-            _gate.begin_compile()
-            try:
-                if warmup.error is not None:
-                    raise RuntimeError(warmup.error)
-                side = _side_stream()
-                with torch.no_grad(), torch.cuda.stream(side):
-                    for _ in range(WARMUP_CALLS):
-                        self.compiled(**examples)
-                side.synchronize()
-            except Exception as e:  # noqa: BLE001 - a shape the compiler cannot handle stays on the plain path
-                warmup.error = warmup.error or f"{type(e).__name__}: {e}"[:300]
-            finally:
-                _gate.end_compile()
+            if warmup.error is None:
+                self._run_compiled(warmup, examples)
             if warmup.error is None:
                 self.plain.forget(key)  # the compiled graph replaces it: its memory is not needed any more
             warmup.finished = time.perf_counter()
@@ -260,6 +249,20 @@ class WarmingRunner:
         else:
             log.info("Compiled %s in %.1f s", warmup.label, warmup.seconds)
         self.on_change()
+
+    def _run_compiled(self, warmup: WarmUp, examples: dict[str, torch.Tensor | None]) -> None:
+        """The compiler's work happens on these first calls (on a side stream, no capture meanwhile)."""
+        _gate.begin_compile()
+        try:
+            side = _side_stream()
+            with torch.no_grad(), torch.cuda.stream(side):
+                for _ in range(WARMUP_CALLS):
+                    self.compiled(**examples)
+            side.synchronize()
+        except Exception as e:  # noqa: BLE001 - a shape the compiler cannot handle stays on the plain path
+            warmup.error = f"{type(e).__name__}: {e}"[:300]
+        finally:
+            _gate.end_compile()
 
     def _prebuild(self, warmup: WarmUp, examples: dict[str, torch.Tensor | None]) -> None:
         try:

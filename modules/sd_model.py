@@ -167,8 +167,8 @@ class StableDiffusionModel:
         return compiled_for_inference(functools.partial(call_vae_decoder, self.vae), COMPILE_SETTINGS)
 
     def _compiled_unet(self) -> Callable:
-        # Repeated blocks compiled one by one: 17 % less compile time than the whole UNet for the same
-        # step time (bench/RESULTS.md), on a copy that shares the weights, so the plain path stays plain.
+        # Block by block (COMPILE_SETTINGS: deep transformers layer by layer) on a copy that shares the
+        # weights, so the plain path stays plain; less compile time than the whole UNet (bench/RESULTS.md).
         self._sampling_unet()
         return functools.partial(call_unet, self._projections.compiled(COMPILE_SETTINGS))
 

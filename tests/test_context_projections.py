@@ -6,20 +6,11 @@ import torch
 
 from modules.context_projections import KEY, ProjectedCrossAttention
 from modules.sd_model import call_unet
-from tiny_models import load_tiny_model
+from tiny_models import load_tiny_model, unet_inputs
 
 
 def _inputs(model, seed: int, batch: int = 2):
-    g = torch.Generator().manual_seed(seed)
-    dim = model.unet.config.cross_attention_dim
-    tensors = {"x": torch.randn(batch, 4, 8, 8, generator=g), "timestep": torch.full((batch,), 500.0),
-               "context": torch.randn(batch, 77, dim, generator=g), "pooled": None, "time_ids": None}
-    if model.is_sdxl:
-        config = model.unet.config
-        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-        tensors["pooled"] = torch.randn(batch, pooled, generator=g)
-        tensors["time_ids"] = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]] * batch)
-    return tensors
+    return unet_inputs(model.unet, seed, batch)
 
 
 def _plain(model, tensors):

@@ -112,14 +112,12 @@ def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path,
 
     from modules import compile_helpers
     from modules.sd_model import COMPILE_SETTINGS
-    from tiny_models import load_tiny_model
+    from tiny_models import load_tiny_model, unet_inputs
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     torch._dynamo.reset()
     model = load_tiny_model(tmp_path, "sd1")
-    g = torch.Generator().manual_seed(0)
-    tensors = {"x": torch.randn(2, 4, 8, 8, generator=g), "timestep": torch.tensor([500.0, 500.0]),
-               "context": torch.randn(2, 77, 32, generator=g), "pooled": None, "time_ids": None}
+    tensors = unet_inputs(model.unet)
     job = compile_helpers.job_for("unet", model.unet, COMPILE_SETTINGS, tensors, (0, 2))
     assert compile_helpers.Job.from_json(job.to_json()) == job
     compile_helpers.prebuild("unet", model.unet, COMPILE_SETTINGS, tensors, helpers=2)
@@ -171,6 +169,7 @@ def test_compiled_layers_split_deep_transformers_and_compute_the_same():
 
     from modules.acceleration import WHOLE_TRANSFORMER_LAYERS, Acceleration, compiled_blocks
     from modules.sd_model import call_unet
+    from tiny_models import unet_inputs
 
     unet = _sdxl_like_unet((1, WHOLE_TRANSFORMER_LAYERS + 1))
     twin = compiled_blocks(unet, Acceleration(compile="layers", quick=True))
@@ -188,16 +187,10 @@ def test_compiled_layers_split_deep_transformers_and_compute_the_same():
         assert {"_operate_on_continuous_inputs", "_get_output_for_continuous_inputs"} <= set(vars(transformer))
     assert not any(compiled(m) or "_operate_on_continuous_inputs" in vars(m) for m in unet.modules())
 
-    g = torch.Generator().manual_seed(0)
-    config = unet.config
-    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([500.0, 500.0])
-    context = torch.randn(2, 77, config.cross_attention_dim, generator=g)
-    pooled = torch.randn(2, config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim,
-                         generator=g)
-    time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]] * 2)
+    tensors = unet_inputs(unet)
     with torch.no_grad():
-        plain = call_unet(unet, x, t, context, pooled, time_ids)
-        fast = call_unet(twin, x, t, context, pooled, time_ids)
+        plain = call_unet(unet, **tensors)
+        fast = call_unet(twin, **tensors)
     assert torch.allclose(plain, fast, atol=1e-4)
 
 

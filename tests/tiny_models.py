@@ -393,6 +393,21 @@ def tiny_ldm_yaml(family: str) -> str:
     return yaml.safe_dump({"model": model}, sort_keys=False)
 
 
+def unet_inputs(unet: torch.nn.Module, seed: int = 0, batch: int = 2) -> dict[str, Tensor | None]:
+    """call_unet's keyword arguments for a tiny SD1 or SDXL-base UNet at 8x8 latents (SDXL: with pooled text and
+    its six size ids)."""
+    g = torch.Generator().manual_seed(seed)
+    config = unet.config
+    tensors: dict[str, Tensor | None] = {
+        "x": torch.randn(batch, config.in_channels, 8, 8, generator=g), "timestep": torch.full((batch,), 500.0),
+        "context": torch.randn(batch, 77, config.cross_attention_dim, generator=g), "pooled": None, "time_ids": None}
+    if config.addition_embed_type == "text_time":
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        tensors["pooled"] = torch.randn(batch, pooled, generator=g)
+        tensors["time_ids"] = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]] * batch)
+    return tensors
+
+
 def load_tiny_model(folder: str | Path, family: str = "sd1", fmt: str = "safetensors", policy=None):
     """Write a tiny checkpoint of `family` with its sidecar yaml into `folder` and load it as the app does."""
     from modules.checkpoints import CheckpointInfo
