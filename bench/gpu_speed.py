@@ -501,12 +501,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stock-batch16", action="store_true", help="also stock compiled at batch 16 (recompiles)")
     parser.add_argument("--helpers", type=int, default=None, help="compile helper processes (--compile-helpers)")
     parser.add_argument("--compile-settings", default=None, help="an acceleration variant for --compile, e.g. compile=layers+quick")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its convolution algorithms")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU, to check the script")
     args = parser.parse_args(argv)
     use_compile_settings(args.compile_settings)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     args.batches = [int(b) for b in args.batches.split(",") if b]
     report = Report(args.out)
-    report.data["settings"] = {"compile_helpers": args.helpers, "compile_settings": args.compile_settings}
+    report.data["settings"] = {"compile_helpers": args.helpers, "compile_settings": args.compile_settings,
+                              "cudnn_benchmark": args.cudnn_benchmark}
     cases = {"sd15": Case("SD1.5 512x512 20 steps", "sd1", 512, 20),
              "sdxl": Case("SDXL 1024x1024 30 steps", "sdxl", 1024, 30)}
     if args.tiny:

@@ -89,6 +89,12 @@ def summarise(trace: dict) -> dict:
         per_kernel[e["name"]][0] += 1
         per_kernel[e["name"]][1] += e["dur"]
         per_kind[kind_of(e["name"])] += e["dur"]
+    # Which kernels the memsets are for: the kernel that runs next after each one.
+    ordered = sorted(gpu, key=lambda e: e["ts"])
+    after_memset: dict[str, int] = defaultdict(int)
+    for memset, following in zip(ordered, ordered[1:]):
+        if memset.get("cat") == "gpu_memset":
+            after_memset[following["name"][:120]] += 1
     busy, gaps = union_length([(e["ts"], e["ts"] + e["dur"]) for e in gpu])
     span = (max(e["ts"] + e["dur"] for e in gpu) - min(e["ts"] for e in gpu)) if gpu else 0.0
     ms = 1e-3
@@ -101,6 +107,7 @@ def summarise(trace: dict) -> dict:
         "gpu_by_kind_ms": {k: round(t * ms, 2) for k, t in sorted(per_kind.items(), key=lambda kv: -kv[1])},
         "top_kernels": [{"name": name[:120], "calls": n, "gpu_ms": round(t * ms, 3)}
                         for name, (n, t) in sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:30]],
+        "kernels_after_a_memset": dict(sorted(after_memset.items(), key=lambda kv: -kv[1])[:10]),
         "longest_idle_gaps": [{"ms": round((end - start) * ms, 3), "host_stage": stage_at(start)}
                               for start, end in sorted(gaps, key=lambda g: g[0] - g[1])[:12]],
         "idle_by_host_stage_ms": {name: round(sum(end - start for start, end in gaps if stage_at(start) == name) * ms, 2)
@@ -153,10 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paths", default="graphs,compile", help="comma-separated: eager, graphs, compile")
     parser.add_argument("--helpers", type=int, default=None, help="compile helper processes (--compile-helpers)")
     parser.add_argument("--compile-settings", default=None, help="an acceleration variant for --compile, e.g. compile=layers+quick")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its convolution algorithms")
     parser.add_argument("--warm-up-only", action="store_true", help="time the compile warm-up, profile no image")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args(argv)
     use_compile_settings(args.compile_settings)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     case = Case("SDXL 1024x1024 30 steps", "sdxl", 1024, 30) if args.family == "sdxl" else \
         Case("SD1.5 512x512 20 steps", "sd1", 512, 20)
@@ -182,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
                 from gpu_variants import compile_phases
 
                 report.add(case=case.name, path=path, warm_up_parts_s=parts, seconds=round(time.perf_counter() - started, 1),
-                           cpu_busy_fraction=round(cpu_busy[0] / cpu_busy[1], 2), cpus=os.cpu_count(),
+                           cpu_busy_fraction=round(cpu_busy[0] / max(cpu_busy[1], 1e-9), 2), cpus=os.cpu_count(),
                            compile_phases_s=compile_phases(), helpers=args.helpers,
-                           compile_settings=args.compile_settings)
+                           compile_settings=args.compile_settings, cudnn_benchmark=args.cudnn_benchmark)
                 if args.warm_up_only:
                     continue
             call = run_ours(model, case, outputs)
@@ -193,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             warm = time.perf_counter() - started
             summary = profiled_image(model, case, outputs)
             report.add(case=case.name, path=path, warm_up_s=round(warm, 1), helpers=args.helpers,
-                       compile_settings=args.compile_settings, **summary)
+                       compile_settings=args.compile_settings, cudnn_benchmark=args.cudnn_benchmark, **summary)
     return 0
 
 

@@ -53,10 +53,12 @@ class Acceleration:
     autotune: bool = False  # Inductor's max-autotune (Triton GEMM/conv templates timed per shape; slow to compile)
     tuned: bool = False  # Inductor settings diffusers recommends for its UNets (TUNED_INDUCTOR)
     quick: bool = False  # one launch configuration per pointwise kernel, not several compiled and timed
+    mm1x1: bool = False  # 1x1 convolutions as matrix multiplies (Inductor's conv_1x1_as_mm)
 
     @classmethod
     def parse(cls, text: str) -> "Acceleration":
-        """'nchw' or '+'-joined parts: cl, fused_qkv, sdpa=NAME, compile=blocks|layers|full, autotune, tuned, quick."""
+        """'nchw' or '+'-joined parts: cl, fused_qkv, sdpa=NAME, compile=blocks|layers|full, autotune, tuned, quick,
+        mm1x1."""
         fields: dict[str, object] = {}
         for part in filter(None, text.split("+")):
             key, _, value = part.partition("=")
@@ -70,7 +72,7 @@ class Acceleration:
                 fields["sdpa_backend"] = value
             elif key == "compile" and value in ("blocks", "layers", "full"):
                 fields["compile"] = value
-            elif key in ("autotune", "tuned", "quick"):
+            elif key in ("autotune", "tuned", "quick", "mm1x1"):
                 fields[key] = True
             else:
                 raise ValueError(f"unknown acceleration part {part!r}")
@@ -229,6 +231,8 @@ def _options(acceleration: Acceleration) -> dict[str, object]:
         options.update(max_autotune=True, coordinate_descent_tuning=True)
     if acceleration.tuned:
         options.update(TUNED_INDUCTOR)
+    if acceleration.mm1x1:
+        options["conv_1x1_as_mm"] = True
     if acceleration.quick:
         # Most of a first compilation is spent compiling Triton kernels (on the CPU, 46 of 88 s waiting
         # for kernel builds against 3 s of tracing); pointwise kernels otherwise build several variants.

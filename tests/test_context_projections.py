@@ -5,30 +5,19 @@ import pytest
 import torch
 
 from modules.context_projections import KEY, ProjectedCrossAttention
-from modules.sd_model import call_unet
-from tiny_models import load_tiny_model, unet_inputs
+from tiny_models import load_tiny_model, plain_and_sampled, unet_inputs
 
 
 def _inputs(model, seed: int, batch: int = 2):
     return unet_inputs(model.unet, seed, batch)
 
 
-def _plain(model, tensors):
-    with torch.no_grad():
-        return call_unet(model.unet, **tensors)
-
-
-def _sampled(model, tensors):
-    with torch.no_grad():
-        return model.unet_fn(tensors["x"], tensors["timestep"], context=tensors["context"], pooled=tensors["pooled"],
-                             time_ids=tensors["time_ids"])
-
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_projected_keys_and_values_give_the_plain_unets_output_exactly(tmp_path, family):
     model = load_tiny_model(tmp_path, family)
     tensors = _inputs(model, 0)
-    assert torch.equal(_sampled(model, tensors), _plain(model, tensors))
+    assert torch.equal(*plain_and_sampled(model, tensors))
     # the model's own UNet keeps diffusers' processors; sampling runs a copy sharing its weights
     assert not any(isinstance(getattr(m, "processor", None), ProjectedCrossAttention) for m in model.unet.modules())
     layers = [m for m in model._sampling_unet().modules() if isinstance(getattr(m, "processor", None),
@@ -40,33 +29,33 @@ def test_projected_keys_and_values_give_the_plain_unets_output_exactly(tmp_path,
 def test_keys_and_values_are_computed_once_per_context_and_follow_every_change(tmp_path):
     model = load_tiny_model(tmp_path, "sd1")
     first, second = _inputs(model, 1), _inputs(model, 2)
-    _sampled(model, first)
+    plain_and_sampled(model, first)
     layer = next(m for m in model._sampling_unet().modules() if isinstance(getattr(m, "processor", None),
                                                                             ProjectedCrossAttention))
     with torch.no_grad():  # weights whose version counters are large, as after loading and LoRA patches
         for _ in range(300):
             layer.to_k.weight.add_(0.0)
-    _sampled(model, first)
+    plain_and_sampled(model, first)
     projections = []
     layer.to_k.register_forward_hook(lambda *_: projections.append(1))
 
     for _ in range(3):  # the same context at every step: no projection at all
-        assert torch.equal(_sampled(model, first), _plain(model, first))
+        assert torch.equal(*plain_and_sampled(model, first))
     assert projections == []
-    assert torch.equal(_sampled(model, second), _plain(model, second))  # another prompt
-    assert torch.equal(_sampled(model, first), _plain(model, first))  # and back
+    assert torch.equal(*plain_and_sampled(model, second))  # another prompt
+    assert torch.equal(*plain_and_sampled(model, first))  # and back
     assert len(projections) == 2
 
     first["context"].mul_(0.5)  # the same tensor changed in place
-    assert torch.equal(_sampled(model, first), _plain(model, first))
+    assert torch.equal(*plain_and_sampled(model, first))
     with torch.no_grad():  # a weight patched in place, as LoRA does
         model.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k.weight.mul_(1.5)
-    assert torch.equal(_sampled(model, first), _plain(model, first))
+    assert torch.equal(*plain_and_sampled(model, first))
     assert len(projections) == 4
 
     batch_of_four = _inputs(model, 3, batch=4)  # another shape, then the first again
-    assert torch.equal(_sampled(model, batch_of_four), _plain(model, batch_of_four))
-    assert torch.equal(_sampled(model, first), _plain(model, first))
+    assert torch.equal(*plain_and_sampled(model, batch_of_four))
+    assert torch.equal(*plain_and_sampled(model, first))
 
 
 def test_a_prompt_of_another_length_is_projected_on_its_own(tmp_path):
@@ -76,7 +65,7 @@ def test_a_prompt_of_another_length_is_projected_on_its_own(tmp_path):
     short, long = _inputs(model, 4, batch=1), _inputs(model, 5, batch=1)
     long["context"] = torch.cat([long["context"], long["context"]], dim=1)  # 154 tokens
     for tensors in (short, long, short):
-        assert torch.equal(_sampled(model, tensors), _plain(model, tensors))
+        assert torch.equal(*plain_and_sampled(model, tensors))
 
 
 def test_the_low_memory_modes_run_the_unet_itself(tmp_path):
@@ -87,7 +76,7 @@ def test_the_low_memory_modes_run_the_unet_itself(tmp_path):
     model = load_tiny_model(tmp_path, "sd1", policy=dataclasses.replace(DevicePolicy.cpu(), memory_mode="lowvram"))
     assert model._sampling_unet() is model.unet
     tensors = _inputs(model, 6)
-    assert torch.equal(_sampled(model, tensors), _plain(model, tensors))
+    assert torch.equal(*plain_and_sampled(model, tensors))
 
 
 def test_dropping_compiled_state_forgets_the_copies_that_read_the_projections(tmp_path):
@@ -97,11 +86,11 @@ def test_dropping_compiled_state_forgets_the_copies_that_read_the_projections(tm
 
     model = load_tiny_model(tmp_path, "sd1")
     tensors = _inputs(model, 7)
-    _sampled(model, tensors)
+    plain_and_sampled(model, tensors)
     projections = model._projections
     for _ in range(3):
         projections.adopt(shared_weight_copy(model._sampling_unet()))
         assert all(len(group) == 2 for group in projections.groups)
         model.forget_compiled_state()
         assert all(len(group) == 1 for group in projections.groups)
-    assert torch.equal(_sampled(model, tensors), _plain(model, tensors))
+    assert torch.equal(*plain_and_sampled(model, tensors))
