@@ -19,15 +19,16 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from modules.stacked_projections import StackedProjections, runs_plain_attention
-
 KEY, VALUE = "context_key", "context_value"
 _STANDARD = AttnProcessor2_0()
 
 
 def projectable(module: torch.nn.Module) -> bool:
     """Cross-attention run by diffusers' standard processor, with none of the options it would skip."""
-    return runs_plain_attention(module) and module.is_cross_attention
+    return (isinstance(module, Attention) and module.is_cross_attention and type(module.processor) is AttnProcessor2_0
+            and module.norm_cross is None and module.spatial_norm is None and module.group_norm is None
+            and module.norm_q is None and module.norm_k is None and not module.residual_connection
+            and module.rescale_output_factor == 1.0)
 
 
 class ProjectedCrossAttention:
@@ -52,15 +53,13 @@ class ProjectedCrossAttention:
 
 class ContextProjections:
     """`unet`: a weight-sharing copy of a UNet whose cross-attention reads projected keys and values
-    and whose self-attention projects with stacked weights (stacked_projections.py; the UNet itself
-    keeps diffusers' processors); the keys and values of the context last given, set on its layers and
-    on those of its compiled copies (`compiled`)."""
+    (the UNet itself keeps diffusers' processors); the keys and values of the context last given, set
+    on its layers and on those of its compiled copies (`compiled`)."""
 
     def __init__(self, unet: torch.nn.Module):
         from modules.acceleration import shared_weight_copy
 
         self.unet = shared_weight_copy(unet)
-        self.stacked = StackedProjections(self.unet)
         layers = [m for m in self.unet.modules() if projectable(m)]
         for layer in layers:
             layer.set_processor(ProjectedCrossAttention())
@@ -98,7 +97,6 @@ class ContextProjections:
         to its dtype) unless they already are. `keep`: refill this shape's buffers in place (graphs
         replay them) instead of replacing them."""
         with self._lock:
-            self.stacked.keep_stacked()
             self._update(source, context, keep)
 
     def _update(self, source: torch.Tensor, context: torch.Tensor, keep: bool) -> None:
