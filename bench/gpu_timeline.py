@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--helpers", type=int, default=None, help="compile helper processes (--compile-helpers)")
     parser.add_argument("--compile-settings", default=None, help="an acceleration variant for --compile, e.g. compile=layers+quick")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its convolution algorithms")
+    parser.add_argument("--helpers-at-load", action="store_true",
+                        help="start the compile helpers as the load starts, as the application does")
     parser.add_argument("--warm-up-only", action="store_true", help="time the compile warm-up, profile no image")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args(argv)
@@ -174,7 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu" if args.tiny else "cuda")
     report = Report(args.out, f"gpu_timeline-{args.family}.json")
     with tempfile.TemporaryDirectory() as work:
-        model = load_ours(write_checkpoint(case.family, Path(work), device.type, args.tiny), device)
+        checkpoint = write_checkpoint(case.family, Path(work), device.type, args.tiny)
+        pool = None
+        if args.helpers_at_load and "compile" in args.paths:  # as the application's model manager does
+            from modules import compile_helpers
+
+            pool = compile_helpers.pool_for_load(device, args.helpers, checkpoint.stat().st_size)
+        started = time.perf_counter()
+        model = load_ours(checkpoint, device)
+        model.helper_pool = pool
+        report.add(case=case.name, what="load", seconds=round(time.perf_counter() - started, 1),
+                   helpers_started_at_load=pool is not None)
         outputs = Path(work) / "outputs"
         plain = model.policy
         for path in args.paths.split(","):

@@ -9,7 +9,9 @@ architecture with arbitrary weights, compile a share of the blocks into the shar
 same time; the serving process then compiles everything itself and finds each graph already built.
 A helper that fails only costs time: the serving process compiles whatever it does not find.
 
-The helper side is `python -m modules.compile_helpers`, reading one `Job` as JSON on stdin.
+The helper side is `python -m modules.compile_helpers`, reading one `Job` as JSON on stdin. A helper's
+first 10-15 s go to importing diffusers and the compiler and starting CUDA, before its job is known:
+`HelperPool` starts helpers while the model loads, so that time is spent before the warm-up begins.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import itertools
 import json
 import logging
 import os
+import select
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +42,9 @@ HELPER_TIMEOUT_S = 900
 # workspaces of the kernels being tuned (SDXL at 1024x1024 needs about 1.5 GiB).
 HELPER_OVERHEAD_BYTES = 2 * 2**30
 MAX_HELPERS = 4
+# A pooled helper that no job reaches in this time (the model failed to load, or needs fewer helpers
+# than were started) leaves, giving its CUDA context back.
+POOL_IDLE_TIMEOUT_S = 180
 PHASES_PREFIX = "compile helper phases: "
 log = logging.getLogger(__name__)
 _IMPORTED = time.time()  # torch is imported by now: most of a helper's start-up
@@ -97,11 +104,16 @@ def job_for(part: str, module: torch.nn.Module, acceleration: Acceleration,
                device=str(weight.device), share=share)
 
 
+def default_helper_count(wanted: int | None = None) -> int:
+    """`wanted` (--compile-helpers), else a quarter of the cores (each helper's own kernel builds use
+    the rest) up to MAX_HELPERS."""
+    return min(MAX_HELPERS, (os.cpu_count() or 1) // 4) if wanted is None else wanted
+
+
 def helper_count(module: torch.nn.Module, wanted: int | None = None) -> int:
-    """How many helpers to run for `module`: `wanted` (--compile-helpers), else a quarter of the cores
-    (each helper's own kernel builds use the rest) up to MAX_HELPERS; never more copies of the weights
+    """How many helpers to run for `module`: default_helper_count, but never more copies of the weights
     than fit in free GPU memory."""
-    count = min(MAX_HELPERS, (os.cpu_count() or 1) // 4) if wanted is None else wanted
+    count = default_helper_count(wanted)
     weight = next(module.parameters())
     if weight.is_cuda and count:
         free, _ = torch.cuda.mem_get_info(weight.device)
@@ -110,25 +122,77 @@ def helper_count(module: torch.nn.Module, wanted: int | None = None) -> int:
     return max(0, count)
 
 
-def run_helpers(jobs: list[Job], timeout: float = HELPER_TIMEOUT_S, at_once: int | None = None) -> list[str]:
-    """Runs each job in its own process, all at once, and waits for them; the errors of those that failed.
-    `at_once`: how many helpers run on the machine meanwhile (these and others'), each of which gets an
-    equal part of the cores for its kernel builds."""
+@dataclass
+class _Helper:
+    process: subprocess.Popen
+    log: object  # a file, not a pipe: a full pipe would stall the helper
+    spawned: float = field(default_factory=time.time)
+
+
+def _helper_env(threads: int) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "TORCHINDUCTOR_COMPILE_THREADS": str(max(1, threads))}
+
+
+def _spawn(env: dict[str, str], *args: str) -> _Helper:
+    log_file = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen([sys.executable, "-m", "modules.compile_helpers", *args], cwd=ROOT, env=env,
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
+    return _Helper(process, log_file)
+
+
+class HelperPool:
+    """Helpers started before their jobs exist, each waiting for one with diffusers and the compiler
+    imported and CUDA started on `device`. Started while a model loads (model_manager.py); the warm-up's
+    `run_helpers` takes them instead of starting new ones. Each runs one job; one that gets none leaves
+    after POOL_IDLE_TIMEOUT_S, or when the serving process does (its stdin closes)."""
+
+    def __init__(self, count: int, device: torch.device | str):
+        env = _helper_env((os.cpu_count() or 1) // max(1, count))
+        self._waiting = [_spawn(env, "--wait", str(device)) for _ in range(count)]
+        self._lock = threading.Lock()
+
+    def take(self, count: int) -> list[_Helper]:
+        """Up to `count` helpers still waiting, no longer the pool's."""
+        with self._lock:
+            alive = [h for h in self._waiting if h.process.poll() is None]
+            taken, self._waiting = alive[:count], alive[count:]
+        return taken
+
+    def close(self) -> None:
+        for helper in self.take(len(self._waiting)):
+            helper.process.kill()
+            helper.process.wait()
+            helper.log.close()
+
+
+def pool_for_load(device: torch.device, wanted: int | None, checkpoint_bytes: int) -> HelperPool | None:
+    """Helpers for the warm-up after a load with --compile, started as the load starts: the UNet's
+    (default_helper_count) and the VAE decoder's one, as many as fit in free GPU memory beside the model,
+    the checkpoint's size standing in for the weights each holds (an overestimate: the file holds the
+    text encoders and VAE too)."""
+    count = default_helper_count(wanted)
+    if device.type == "cuda" and count:
+        free, _ = torch.cuda.mem_get_info(device)
+        count = min(count, int((free - checkpoint_bytes) // (checkpoint_bytes + HELPER_OVERHEAD_BYTES)))
+    return HelperPool(count + 1, device) if count >= 1 else None
+
+
+def run_helpers(jobs: list[Job], timeout: float = HELPER_TIMEOUT_S, at_once: int | None = None,
+                pool: HelperPool | None = None) -> list[str]:
+    """Runs each job in its own process, all at once (in helpers of `pool` while it has any), and waits
+    for them; the errors of those that failed. `at_once`: how many helpers run on the machine meanwhile
+    (these and others'), each of which gets an equal part of the cores for its kernel builds."""
     started = time.perf_counter()
-    threads = str(max(1, (os.cpu_count() or 1) // max(len(jobs), at_once or 0)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "TORCHINDUCTOR_COMPILE_THREADS": threads}
-    processes, logs, spawned = [], [], time.time()
-    for job in jobs:
-        logs.append(tempfile.TemporaryFile(mode="w+"))  # a file, not a pipe: a full pipe would stall the helper
-        processes.append(subprocess.Popen([sys.executable, "-m", "modules.compile_helpers"], cwd=ROOT, env=env,
-                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=logs[-1],
-                                          text=True))
-    for job, process in zip(jobs, processes):
-        process.stdin.write(job.to_json())
-        process.stdin.close()
+    helpers = pool.take(len(jobs)) if pool is not None else []
+    env = _helper_env((os.cpu_count() or 1) // max(len(jobs), at_once or 0))
+    helpers += [_spawn(env) for _ in range(len(jobs) - len(helpers))]
+    for job, helper in zip(jobs, helpers):
+        helper.process.stdin.write(job.to_json())
+        helper.process.stdin.close()
     errors = []
-    for job, process, stderr in zip(jobs, processes, logs):
+    for job, helper in zip(jobs, helpers):
+        process, stderr = helper.process, helper.log
         try:
             process.wait(timeout=max(1.0, timeout - (time.perf_counter() - started)))
         except subprocess.TimeoutExpired:
@@ -141,7 +205,7 @@ def run_helpers(jobs: list[Job], timeout: float = HELPER_TIMEOUT_S, at_once: int
                 errors.append(f"{job.part} {job.share}: exit {process.returncode}: {stderr.read().strip()[-400:]}")
             else:
                 log.info("Compile helper %s %s finished after %.1f s (%s)", job.part, job.share,
-                         time.perf_counter() - started, _phases(stderr, spawned))
+                         time.perf_counter() - started, _phases(stderr, helper.spawned))
         stderr.close()
     return errors
 
@@ -156,9 +220,10 @@ def _phases(stderr, spawned: float) -> str:
 
 
 def prebuild(part: str, module: torch.nn.Module, acceleration: Acceleration,
-             tensors: dict[str, torch.Tensor | None], helpers: int) -> None:
+             tensors: dict[str, torch.Tensor | None], helpers: int, pool: HelperPool | None = None) -> None:
     """Fill the compile cache for `part` (the UNet's blocks split over `helpers` processes, the VAE
-    decoder in one) before the serving process compiles it; returns when the helpers are done."""
+    decoder in one; from `pool` while it has helpers) before the serving process compiles it; returns
+    when the helpers are done."""
     count = helpers if part == "unet" else min(helpers, 1)
     done = _done_marker(job_for(part, module, acceleration, tensors))
     if count < 1 or done.exists():  # a warm cache: starting helpers would only add their start-up time
@@ -167,7 +232,7 @@ def prebuild(part: str, module: torch.nn.Module, acceleration: Acceleration,
     shares = [(i, count) for i in range(count)] if part == "unet" else [None]
     # The UNet's helpers and the VAE decoder's one run at the same time.
     errors = run_helpers([job_for(part, module, acceleration, tensors, share) for share in shares],
-                         at_once=helpers + 1)
+                         at_once=helpers + 1, pool=pool)
     for error in errors:
         log.warning("A compile helper failed (the serving process compiles its share): %s", error)
     log.info("%d compile helper(s) for the %s done in %.1f s", count, part, time.perf_counter() - started)
@@ -228,14 +293,40 @@ def run_job(job: Job) -> dict[str, float]:
     return {"built": built, "compiled": time.time()}
 
 
-def main() -> int:
-    times = {"imported": _IMPORTED, **run_job(Job.from_json(sys.stdin.read()))}
+def _get_ready(device: str) -> None:
+    """What every job needs before it is known: the model classes, the compiler with its pool of kernel
+    build processes, and the device."""
+    import importlib
+
+    import diffusers
+    from torch._inductor.async_compile import AsyncCompile
+
+    for name in ("UNet2DConditionModel", "AutoencoderKL"):
+        getattr(diffusers, name)  # diffusers imports a class's module when it is first asked for
+    for name in ("modules.context_projections", "modules.sd_model"):
+        importlib.import_module(name)
+    AsyncCompile.warm_pool()
+    if torch.device(device).type == "cuda":
+        torch.empty(1, device=device)  # starts CUDA
+
+
+def main(argv: list[str]) -> int:
+    times = {"imported": _IMPORTED}
+    if argv[:1] == ["--wait"]:  # a HelperPool's helper
+        _get_ready(argv[1])
+        times["ready"] = time.time()
+        if not select.select([sys.stdin], [], [], POOL_IDLE_TIMEOUT_S)[0]:
+            return 0
+    text = sys.stdin.read()
+    if not text.strip():  # the serving process left, or closed the pool, without a job for this helper
+        return 0
+    times.update(run_job(Job.from_json(text)))
     print(PHASES_PREFIX + json.dumps(times), file=sys.stderr, flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    code = main()
+    code = main(sys.argv[1:])
     # Everything is in the on-disk cache by now; an orderly exit (the compile workers, the CUDA context)
     # took another 4 s on a 16-core host, which the serving process would wait for.
     os._exit(code)

@@ -153,3 +153,7 @@ def start_warm_up(model: StableDiffusionModel) -> None:
     # the UNet's instead of starting when the image reaches its decode.
     decode_latents(model, torch.zeros(1, model.latent_channels, size // 8, size // 8, device=model.policy.device))
     txt2img(model, Txt2ImgRequest(prompt="", steps=1, width=size, height=size, save_images=False), None)
+    if model.helper_pool is not None:
+        # Each part's compile helpers were taken from the pool at its first call, above (none when the
+        # cache already holds its graphs); the ones left would only wait for jobs that will not come.
+        model.helper_pool.close()

@@ -153,8 +153,25 @@ class ModelManager:
             del current  # a reference held here would keep the old model's memory through the load
             self.unload()
             log.info("Loading %s", info.title)
-            self._loaded = load_checkpoint(info, self.policy, vae.path if vae else None)
+            helpers = self._compile_helpers_for(info)
+            try:
+                self._loaded = load_checkpoint(info, self.policy, vae.path if vae else None)
+            except BaseException:
+                if helpers is not None:
+                    helpers.close()
+                raise
+            self._loaded.helper_pool = helpers
             return self._loaded
+
+    def _compile_helpers_for(self, info: CheckpointInfo):
+        """With --compile, the warm-up after the load compiles in helper processes; they start now, so
+        their start-up (imports, CUDA) overlaps the load (compile_helpers.HelperPool)."""
+        if not (self.policy.compile and self.policy.replays_graphs):
+            return None
+        from modules import compile_helpers
+
+        return compile_helpers.pool_for_load(self.policy.device, self.policy.compile_helpers,
+                                             Path(info.path).stat().st_size)
 
     def set_vae(self, choice: str) -> None:
         with self._lock:
@@ -167,6 +184,8 @@ class ModelManager:
             if self._loaded is None:
                 return
             model, self._loaded = self._loaded, None
+            if model.helper_pool is not None:
+                model.helper_pool.close()
             # Graph runners call back into the model (a reference cycle): dropping them lets the
             # model go as soon as the last reference does, not at some later garbage collection.
             model.forget_compiled_state()

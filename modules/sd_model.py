@@ -66,6 +66,7 @@ class StableDiffusionModel:
     offload: object | None = field(default=None, repr=False)  # memory_modes.ComponentSwapper in --medvram/--lowvram
     _runners: dict = field(default_factory=dict, repr=False)  # CudaGraphRunner / WarmingRunner per part
     _projections: object | None = field(default=None, repr=False)  # context_projections.ContextProjections
+    helper_pool: object | None = field(default=None, repr=False)  # compile_helpers.HelperPool started at load
 
     def __post_init__(self) -> None:
         self.set_policy(self.policy)
@@ -159,7 +160,8 @@ class StableDiffusionModel:
         helpers = compile_helpers.helper_count(module, self.policy.compile_helpers)
         if helpers < 1:
             return None
-        return functools.partial(compile_helpers.prebuild, part, module, COMPILE_SETTINGS, helpers=helpers)
+        return functools.partial(compile_helpers.prebuild, part, module, COMPILE_SETTINGS, helpers=helpers,
+                                 pool=self.helper_pool)
 
     def _compiled_vae_decode(self) -> Callable:
         from modules.acceleration import compiled_for_inference

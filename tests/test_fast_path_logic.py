@@ -2,6 +2,7 @@
 runs, and how running compilations are reported. (The GPU paths themselves are measured by
 bench/gpu_speed.py, which also checks that their images equal the plain path's.)"""
 
+import logging
 import threading
 import time
 
@@ -104,10 +105,11 @@ def test_acceleration_variants_parse_and_undo_themselves(tmp_path):
         assert set(unet.state_dict()) == keys and unet.conv_in.weight.is_contiguous()
 
 
-def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path, monkeypatch):
-    """Two helper processes compile halves of a UNet's blocks (random weights of the same architecture);
-    the loaded model's own compilation afterwards builds no graph itself: every one comes from their
-    cache. A second prebuild for the same shapes starts no helper."""
+def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path, monkeypatch, caplog):
+    """Two helper processes compile halves of a UNet's blocks (random weights of the same architecture),
+    one of them started ahead of its job (a HelperPool's, as a load starts them); the loaded model's own
+    compilation afterwards builds no graph itself: every one comes from their cache. A second prebuild
+    for the same shapes starts no helper."""
     import torch
 
     from modules import compile_helpers
@@ -120,8 +122,14 @@ def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path,
     tensors = unet_inputs(model.unet)
     job = compile_helpers.job_for("unet", model.unet, COMPILE_SETTINGS, tensors, (0, 2))
     assert compile_helpers.Job.from_json(job.to_json()) == job
-    compile_helpers.prebuild("unet", model.unet, COMPILE_SETTINGS, tensors, helpers=2)
+    pool = compile_helpers.HelperPool(1, "cpu")
+    with caplog.at_level(logging.INFO, logger="modules.compile_helpers"):
+        compile_helpers.prebuild("unet", model.unet, COMPILE_SETTINGS, tensors, helpers=2, pool=pool)
     assert len(list((tmp_path / "inductor" / "compile-helpers").glob("*.done"))) == 1  # no helper failed
+    # each helper reports its phases; only the pooled one was ready before its job came
+    finished = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compile helper unet")]
+    assert len(finished) == 2 and sum("ready after" in message for message in finished) == 1
+    assert pool.take(1) == []
 
     counters = torch._dynamo.utils.counters["inductor"]
     counters.clear()
@@ -137,6 +145,17 @@ def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path,
     started = time.perf_counter()
     compile_helpers.prebuild("unet", model.unet, COMPILE_SETTINGS, tensors, helpers=2)
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_pooled_helper_without_a_job_leaves_when_the_serving_process_does():
+    from modules import compile_helpers
+
+    pool = compile_helpers.HelperPool(1, "cpu")
+    [helper] = pool.take(1)
+    helper.process.stdin.close()  # what the serving process's exit does to its pipe
+    assert helper.process.wait(timeout=120) == 0
+    helper.log.seek(0)
+    assert "Traceback" not in helper.log.read()
 
 
 def test_a_failing_compile_helper_reports_why(tmp_path):
