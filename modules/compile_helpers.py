@@ -156,6 +156,9 @@ class HelperPool:
         """Up to `count` helpers still waiting, no longer the pool's."""
         with self._lock:
             alive = [h for h in self._waiting if h.process.poll() is None]
+            for helper in self._waiting:
+                if helper not in alive:
+                    helper.log.close()
             taken, self._waiting = alive[:count], alive[count:]
         return taken
 
@@ -188,8 +191,11 @@ def run_helpers(jobs: list[Job], timeout: float = HELPER_TIMEOUT_S, at_once: int
     env = _helper_env((os.cpu_count() or 1) // max(len(jobs), at_once or 0))
     helpers += [_spawn(env) for _ in range(len(jobs) - len(helpers))]
     for job, helper in zip(jobs, helpers):
-        helper.process.stdin.write(job.to_json())
-        helper.process.stdin.close()
+        try:
+            helper.process.stdin.write(job.to_json())
+            helper.process.stdin.close()
+        except OSError:  # it died meanwhile: its exit status and stderr say why, below
+            pass
     errors = []
     for job, helper in zip(jobs, helpers):
         process, stderr = helper.process, helper.log
