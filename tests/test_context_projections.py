@@ -12,7 +12,6 @@ def _inputs(model, seed: int, batch: int = 2):
     return unet_inputs(model.unet, seed, batch)
 
 
-
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_projected_keys_and_values_give_the_plain_unets_output_exactly(tmp_path, family):
     model = load_tiny_model(tmp_path, family)
