@@ -110,16 +110,20 @@ def default_helper_count(wanted: int | None = None) -> int:
     return min(MAX_HELPERS, (os.cpu_count() or 1) // 4) if wanted is None else wanted
 
 
+def _fitting(count: int, device: torch.device, weights_bytes: int, beside: int = 0) -> int:
+    """`count`, but no more helpers, each holding `weights_bytes` of weights, than fit in the GPU
+    memory that is free beyond `beside` bytes still to be allocated."""
+    if device.type == "cuda" and count > 0:
+        free, _ = torch.cuda.mem_get_info(device)
+        count = min(count, int((free - beside) // (weights_bytes + HELPER_OVERHEAD_BYTES)))
+    return max(0, count)
+
+
 def helper_count(module: torch.nn.Module, wanted: int | None = None) -> int:
     """How many helpers to run for `module`: default_helper_count, but never more copies of the weights
     than fit in free GPU memory."""
-    count = default_helper_count(wanted)
-    weight = next(module.parameters())
-    if weight.is_cuda and count:
-        free, _ = torch.cuda.mem_get_info(weight.device)
-        size = sum(p.numel() * p.element_size() for p in module.parameters())
-        count = min(count, int(free // (size + HELPER_OVERHEAD_BYTES)))
-    return max(0, count)
+    size = sum(p.numel() * p.element_size() for p in module.parameters())
+    return _fitting(default_helper_count(wanted), next(module.parameters()).device, size)
 
 
 @dataclass
@@ -171,13 +175,10 @@ class HelperPool:
 
 def pool_for_load(device: torch.device, wanted: int | None, checkpoint_bytes: int) -> HelperPool | None:
     """Helpers for the warm-up after a load with --compile, started as the load starts: the UNet's
-    (default_helper_count) and the VAE decoder's one, as many as fit in free GPU memory beside the model,
-    the checkpoint's size standing in for the weights each holds (an overestimate: the file holds the
-    text encoders and VAE too)."""
-    count = default_helper_count(wanted)
-    if device.type == "cuda" and count:
-        free, _ = torch.cuda.mem_get_info(device)
-        count = min(count, int((free - checkpoint_bytes) // (checkpoint_bytes + HELPER_OVERHEAD_BYTES)))
+    (default_helper_count) and the VAE decoder's one, as many as fit in free GPU memory beside the model
+    being loaded, the checkpoint's size standing in for the weights each holds (an overestimate: the file
+    holds the text encoders and VAE too)."""
+    count = _fitting(default_helper_count(wanted), device, checkpoint_bytes, beside=checkpoint_bytes)
     return HelperPool(count + 1, device) if count >= 1 else None
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+log = logging.getLogger(__name__)
+
 WARMUP_CALLS = 2  # cuDNN/cuBLAS pick their algorithms in the first calls; capture after that
 MAX_GRAPHS = 8  # each graph holds its own activation memory; the least recently used goes first
 
@@ -219,7 +221,6 @@ class WarmingRunner:
         return f"{self.label} {'x'.join(str(d) for d in first.shape)}"
 
     def _compile(self, key: ShapeKey, warmup: WarmUp, examples: dict[str, torch.Tensor | None]) -> None:
-        log = logging.getLogger(__name__)
         warmup.started = time.perf_counter()
         log.info("Compiling %s in the background", warmup.label)
         self.on_change()
@@ -268,7 +269,7 @@ class WarmingRunner:
         try:
             self.prebuild(examples)
         except Exception as e:  # noqa: BLE001 - without helpers this process compiles everything itself
-            logging.getLogger(__name__).warning("Compile helpers for %s failed: %s", warmup.label, e)
+            log.warning("Compile helpers for %s failed: %s", warmup.label, e)
 
     def clear(self) -> None:
         self.plain.clear()

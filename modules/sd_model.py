@@ -171,20 +171,20 @@ class StableDiffusionModel:
     def _compiled_unet(self) -> Callable:
         # Block by block (COMPILE_SETTINGS: deep transformers layer by layer) on a copy that shares the
         # weights, so the plain path stays plain; less compile time than the whole UNet (bench/RESULTS.md).
-        self._sampling_unet()
-        return functools.partial(call_unet, self._projections.compiled(COMPILE_SETTINGS))
+        return functools.partial(call_unet, self._context_projections().compiled(COMPILE_SETTINGS))
 
     def _sampling_unet(self) -> torch.nn.Module:
         """The UNet that sampling runs: with the memory mode that keeps weights in place, a weight-sharing
         copy that reads cross-attention keys and values computed once per prompt (context_projections.py);
         the low-memory modes' hooks are on the UNet itself, which they run."""
-        if self.policy.memory_mode != "normal":
-            return self.unet
+        return self.unet if self.policy.memory_mode != "normal" else self._context_projections().unet
+
+    def _context_projections(self):
         if self._projections is None:
             from modules.context_projections import ContextProjections
 
             self._projections = ContextProjections(self.unet)
-        return self._projections.unet
+        return self._projections
 
     def _vae_decode(self, z: torch.Tensor) -> torch.Tensor:
         return call_vae_decoder(self.vae, z)
