@@ -8,26 +8,33 @@ from __future__ import annotations
 from typing import Literal
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from modules.rng import NoiseSource
 from modules.sampling.registry import split_sampler_and_schedule
 from modules.sampling.schedules import find_schedule
+from modules.strict_input import StrictInput
 
 UINT32_MAX = 2**32 - 1
+# Far beyond any useful prompt (the text encoder reads 75-token chunks), small enough that parsing
+# and tokenising a hostile one costs nothing. The UI and the API share it.
+MAX_PROMPT_CHARS = 20_000
+MIN_SIDE, MAX_SIDE = 64, 2048
 
 
-class Txt2ImgRequest(BaseModel):
+class Txt2ImgRequest(StrictInput):
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str = ""
-    negative_prompt: str = ""
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     steps: int = Field(20, ge=1, le=150)
     sampler_name: str = "Euler"
     scheduler: str = "Automatic"
     cfg_scale: float = Field(7.0, ge=0.0, le=30.0)
-    width: int = Field(512, ge=64, le=2048, multiple_of=8)
-    height: int = Field(512, ge=64, le=2048, multiple_of=8)
+    # Any size in range is accepted and rounded down to a multiple of 8 (the latent is 1/8 of it), as
+    # AUTOMATIC1111 does; the infotext and `info` report the size that was made.
+    width: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE)
+    height: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE)
     seed: int = Field(-1, ge=-1, le=UINT32_MAX)
     subseed: int = Field(-1, ge=-1, le=UINT32_MAX)
     subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
@@ -57,8 +64,8 @@ class Txt2ImgRequest(BaseModel):
     hr_resize_y: int = Field(0, ge=0, le=4096)
     hr_sampler_name: str | None = None
     hr_scheduler: str | None = None
-    hr_prompt: str = ""
-    hr_negative_prompt: str = ""
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     denoising_strength: float = Field(0.7, ge=0.0, le=1.0)
     styles: list[str] = Field(default_factory=list)
     emphasis: Literal["Original", "No norm", "Ignore", "None"] = "Original"
@@ -69,6 +76,11 @@ class Txt2ImgRequest(BaseModel):
     do_not_save_grid: bool = False
     # Pasted AUTOMATIC1111 parameters: every field the request leaves unset is taken from them.
     infotext: str | None = None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, side: int) -> int:
+        return side // 8 * 8
 
     @model_validator(mode="before")
     @classmethod

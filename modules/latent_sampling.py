@@ -158,6 +158,9 @@ def sample_latents(model: StableDiffusionModel, settings: SamplingSettings, nois
     latest x is returned."""
     spec = find_sampler(settings.sampler_name)
     device = model.policy.device
+    if init is not None and init.denoising_strength <= 0:
+        # Nothing to denoise: the start is the result (AUTOMATIC1111's hires pass at strength 0 too).
+        return init.latent.to(device)
     denoiser = DiscreteDenoiser(model.unet_fn, model.schedule, model.prediction)
 
     def make_guider(cond, uncond):

@@ -43,6 +43,8 @@ class GenerationResult:
     grid_path: Path | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. LoRA names that were not found
     pngs: list[bytes] = field(default_factory=list)  # the saved PNG files' bytes, one per image, when saved as PNG
+    # The request as it ran: styles applied, comments and Midjourney parameters turned into fields.
+    request: Txt2ImgRequest | None = None
 
 
 @dataclass
@@ -66,7 +68,8 @@ def _loras_applied(model: StableDiffusionModel, request: Txt2ImgRequest, resourc
     """Apply the prompt's <lora:...> tags for the duration; yields the request without the tags
     and the infotext fields to add. The base weights come back exactly afterwards."""
     plan = lora.plan_loras(request.prompt, resources.lora_files, resources.lora_cache)
-    result.warnings += [f"LoRA not found: {name}" for name in plan.not_found]
+    if plan.not_found:  # AUTOMATIC1111's words, which its users look for
+        result.warnings.append(f"Networks not found: {', '.join(plan.not_found)}")
     result.warnings += [f"LoRA {name} could not be read: {why}" for name, why in plan.failed.items()]
     stripped = request.model_copy(update={"prompt": plan.prompt})
     with lora.apply_loras(model, plan.loras):
@@ -336,7 +339,7 @@ def txt2img(model: StableDiffusionModel, request: Txt2ImgRequest, outputs_dir: P
             callback: StepCallback | None = None, resources: Resources | None = None) -> GenerationResult:
     resources = resources or Resources()
     request = prepare_request(request, model.native_size, resources.styles_file)
-    result = GenerationResult(images=[], seeds=[], infotexts=[])
+    result = GenerationResult(images=[], seeds=[], infotexts=[], request=request)
     with _loras_applied(model, request, resources, result) as (stripped, lora_infotext):
         _txt2img(model, request, stripped, outputs_dir, callback, resources, result, lora_infotext)
     return result
@@ -455,7 +458,7 @@ def img2img(model: StableDiffusionModel, request: Img2ImgRequest, outputs_dir: P
             callback: StepCallback | None = None, resources: Resources | None = None) -> GenerationResult:
     resources = resources or Resources()
     request = prepare_request(request, model.native_size, resources.styles_file)
-    result = GenerationResult(images=[], seeds=[], infotexts=[])
+    result = GenerationResult(images=[], seeds=[], infotexts=[], request=request)
     with _loras_applied(model, request, resources, result) as (stripped, lora_infotext):
         _img2img(model, request, stripped, outputs_dir, callback, result, lora_infotext, resources)
     return result

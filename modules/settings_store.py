@@ -15,17 +15,20 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from modules.rng import NoiseSource
+from modules.strict_input import StrictInput
 
 log = logging.getLogger(__name__)
 
 
-class Settings(BaseModel):
+class Settings(StrictInput):
     """AUTOMATIC1111's setting names, so its clients' `/sdapi/v1/options` payloads mean the same."""
 
     model_config = ConfigDict(extra="ignore", validate_assignment=True, frozen=True)
@@ -61,6 +64,17 @@ def known_keys() -> set[str]:
     return set(Settings.model_fields)
 
 
+# Checks that values naming things (a checkpoint, a VAE, a face restorer) name something that exists:
+# (settings, keys to check) -> {key: why it is refused}. Only the owner of the models can tell.
+NameCheck = Callable[[Settings, set[str]], dict[str, str]]
+
+
+def _unknown_names_error(problems: dict[str, str], settings: Settings) -> ValidationError:
+    details = [InitErrorDetails(type=PydanticCustomError("unknown_name", "{why}", {"why": why}), loc=(key,),
+                                input=getattr(settings, key, None)) for key, why in problems.items()]
+    return ValidationError.from_exception_data("Settings", details)
+
+
 class SettingsStore:
     """Thread-safe holder of the current Settings, persisted to one JSON file."""
 
@@ -69,6 +83,20 @@ class SettingsStore:
         self.quarantine_dir = Path(quarantine_dir) if quarantine_dir else self.path.parent / "tmp"
         self._lock = threading.Lock()
         self._settings = self._load()
+        self._name_check: NameCheck | None = None
+
+    def check_names_with(self, check: NameCheck) -> None:
+        """From now on, changes must name things that exist; saved names that no longer do (a VAE file
+        deleted since) fall back to their defaults now, with a warning, instead of failing every job."""
+        self._name_check = check
+        with self._lock:
+            problems = check(self._settings, set(known_keys()))
+            if problems:
+                for key, why in problems.items():
+                    log.warning("Saved setting %s no longer resolves (%s); using %r", key, why,
+                                Settings.model_fields[key].default)
+                self._settings = self._settings.model_copy(
+                    update={key: Settings.model_fields[key].default for key in problems})
 
     @property
     def current(self) -> Settings:
@@ -109,7 +137,10 @@ class SettingsStore:
         """The settings with `changes` applied (raises ValidationError) and the keys that were ignored."""
         ignored = [key for key in changes if key not in known_keys()]
         merged = {**self._settings.model_dump(), **{k: v for k, v in changes.items() if k not in ignored}}
-        return Settings.model_validate(merged), ignored
+        settings = Settings.model_validate(merged)
+        if self._name_check is not None and (problems := self._name_check(settings, set(changes) - set(ignored))):
+            raise _unknown_names_error(problems, settings)
+        return settings, ignored
 
     def update(self, changes: dict[str, Any]) -> list[str]:
         """Validate, apply and save; returns the keys that are not settings here (ignored)."""

@@ -115,8 +115,8 @@ def merge_prompts(style_prompt: str, prompt: str) -> str:
     return ", ".join(part for part in (prompt.strip(), style_prompt.strip()) if part)
 
 
-class UnknownStyleError(KeyError):
-    pass
+class UnknownStyleError(ValueError):
+    """A request names a style that styles.csv does not hold."""
 
 
 def apply_styles(prompt: str, negative_prompt: str, style_names: Iterable[str],

@@ -460,5 +460,5 @@ def test_lora_tag_in_the_prompt_through_txt2img(sd1, tmp_path):
     assert np.array_equal(np.asarray(base.images[0]), np.asarray(after.images[0]))
     assert tagged.infotexts[0].startswith("a red circle <lora:style:0.8>\n")
     assert f'Lora hashes: "style: {lora_module.lora_short_hash(path)}"' in tagged.infotexts[0]
-    assert missing.warnings == ["LoRA not found: nowhere"]
+    assert missing.warnings == ["Networks not found: nowhere"]
     assert np.array_equal(np.asarray(base.images[0]), np.asarray(missing.images[0]))

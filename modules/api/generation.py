@@ -26,15 +26,23 @@ class FieldError(ValueError):
         self.message = message
 
 
+# Left out by the client, these come from elsewhere: the settings (SETTING_FIELDS), or the checkpoint's
+# native size (so a request without a size suits whichever model runs it).
+_FILLED_WHEN_UNSET = {*SETTING_FIELDS, "width", "height"}
+
+
 def _core_fields(api: Txt2ImgApiRequest, target: type[Txt2ImgRequest]) -> dict[str, Any]:
-    """The shared request's fields; those that settings provide only when the client set them."""
+    """The shared request's fields; those filled from elsewhere only when the client set them."""
     names = set(target.model_fields) - {"infotext", "init_images", "mask"}
     return {name: getattr(api, name) for name in names
-            if name in api.model_fields and (name in api.model_fields_set or name not in SETTING_FIELDS)}
+            if name in api.model_fields and (name in api.model_fields_set or name not in _FILLED_WHEN_UNSET)}
 
 
-def check_names(api: Txt2ImgApiRequest, upscaler_names: list[str]) -> None:
+def check_names(api: Txt2ImgApiRequest, upscaler_names: list[str], style_names: list[str]) -> None:
     """Names the request mentions that only the server knows; unknown ones are 422, not a failed job."""
+    if unknown := [name for name in api.styles if name not in style_names]:
+        raise FieldError("styles", f"unknown style {', '.join(map(repr, unknown))}; "
+                                   f"styles here: {', '.join(style_names) or '(none: create one in the UI)'}")
     if api.script_name:
         raise FieldError("script_name", f"script {api.script_name!r} not found; no scripts are installed")
     if api.enable_hr:
@@ -69,8 +77,9 @@ def request_notes(api: Txt2ImgApiRequest, ignored_settings: list[str]) -> list[s
 
 
 def info_dict(generated: Generated, job_id: str, with_grid: bool, notes: list[str]) -> dict[str, Any]:
-    """AUTOMATIC1111's `Processed.js()`, plus this server's notes and job id."""
-    request, result = generated.request, generated.result
+    """AUTOMATIC1111's `Processed.js()`, plus this server's notes and job id; it describes the job as it
+    ran (Midjourney parameters and styles applied), as the images' infotexts do."""
+    request, result = ran_request(generated), generated.result
     count = len(result.images)
     infotexts = ([result.infotexts[0]] if with_grid else []) + list(result.infotexts)
     return {
@@ -94,6 +103,20 @@ def info_dict(generated: Generated, job_id: str, with_grid: bool, notes: list[st
     }
 
 
+def ran_request(generated: Generated) -> Txt2ImgRequest:
+    return generated.result.request or generated.request
+
+
+def response_parameters(api: Txt2ImgApiRequest, generated: Generated) -> dict[str, Any]:
+    """The request's fields with the values the job ran with (size, seed, prompts after parameters)."""
+    parameters = api.model_dump(mode="json")
+    ran = ran_request(generated).model_dump(mode="json", exclude={"infotext", "init_images", "mask"})
+    parameters.update({name: value for name, value in ran.items() if name in parameters})
+    if isinstance(api, Img2ImgApiRequest):
+        parameters.update(init_images=None, mask=None)
+    return parameters
+
+
 def build_response(api: Txt2ImgApiRequest, generated: Generated, job_id: str, notes: list[str],
                    init_images: list | None = None) -> GenerationResponse:
     result = generated.result
@@ -107,8 +130,5 @@ def build_response(api: Txt2ImgApiRequest, generated: Generated, job_id: str, no
         images += [as_base64(png) for png in pngs]
         if init_images and getattr(api, "include_init_images", False):
             images += [encode_png(image) for image in init_images]
-    parameters = api.model_dump(mode="json")
-    if isinstance(api, Img2ImgApiRequest):
-        parameters.update(init_images=None, mask=None)
     info = info_dict(generated, job_id, with_grid, notes)
-    return GenerationResponse(images=images, parameters=parameters, info=json.dumps(info))
+    return GenerationResponse(images=images, parameters=response_parameters(api, generated), info=json.dumps(info))

@@ -79,10 +79,18 @@ def face_restorers(manager) -> list[dict[str, Any]]:
     return items
 
 
-def prompt_styles(manager) -> list[dict[str, str]]:
+def _styles(manager) -> dict[str, styles.PromptStyle]:
     path = manager.paths.styles_file
-    known = styles.load_styles(path) if path.is_file() else {}
-    return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in known.values()]
+    return styles.load_styles(path) if path.is_file() else {}
+
+
+def prompt_styles(manager) -> list[dict[str, str]]:
+    return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+            for s in _styles(manager).values()]
+
+
+def style_names(manager) -> list[str]:
+    return list(_styles(manager))
 
 
 def embeddings(manager) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modules.generation_request import Txt2ImgRequest
+from modules.strict_input import StrictInput
 from modules.sampling.registry import UnknownSamplerError, split_sampler_and_schedule
 from modules.sampling.schedules import UnknownScheduleError, find_schedule
 
@@ -51,21 +52,12 @@ def _resolve_sampler(name: object, scheduler: object, field: str) -> tuple[str, 
     return spec.name, schedule
 
 
-MAX_PROMPT_CHARS = 20_000
-
-
 class Txt2ImgApiRequest(Txt2ImgRequest):
     """`StableDiffusionTxt2ImgProcessingAPI`."""
 
     model_config = ConfigDict(extra="ignore")
 
     steps: int = Field(50, ge=1, le=150)  # the API's default; the UI's is 20
-    # Far beyond any useful prompt (the text encoder reads 75-token chunks), small enough that
-    # parsing and tokenising a hostile one costs nothing.
-    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
-    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
-    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
-    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     sampler_name: str = ""
     sampler_index: str = "Euler"  # used when sampler_name is empty
     save_images: bool = False
@@ -145,7 +137,7 @@ class GenerationResponse(BaseModel):
     info: str = Field(description="JSON: seeds, infotexts and the other facts of the generation")
 
 
-class ExtrasBaseRequest(BaseModel):
+class ExtrasBaseRequest(StrictInput):
     model_config = ConfigDict(extra="ignore")
 
     resize_mode: Literal[0, 1] = 0
@@ -172,7 +164,7 @@ class ExtrasSingleImageRequest(ExtrasBaseRequest):
     image: str = Field(description="base64 image")
 
 
-class FileData(BaseModel):
+class FileData(StrictInput):
     data: str = Field(description="base64 image")
     name: str = Field("", max_length=255)
 
@@ -191,7 +183,7 @@ class ExtrasBatchImagesResponse(BaseModel):
     images: list[str]
 
 
-class PNGInfoRequest(BaseModel):
+class PNGInfoRequest(StrictInput):
     image: str = Field(description="base64 image")
 
 
