@@ -187,7 +187,7 @@ def test_extras_single_and_batch(api):
 
 @pytest.mark.parametrize("route, body, field", [
     ("txt2img", {"width": 100000}, "width"),
-    ("txt2img", {"width": 100}, "width"),
+    ("txt2img", {"width": 60}, "width"),
     ("txt2img", {"steps": 151}, "steps"),
     ("txt2img", {"batch_size": 65}, "batch_size"),
     ("txt2img", {"n_iter": 101}, "n_iter"),
