@@ -14,6 +14,10 @@ from collections.abc import Sequence
 
 DEFAULT_PORT = 7860
 DEFAULT_API_ONLY_PORT = 7861
+# Megapixel-steps (images x steps x megapixels; one 1024x1024 image at one step is 1) one request may
+# ask for: room for any everyday use (batch 8 x 100 batches x 150 steps at 1024x1024 is 120,000), none
+# for a request that would hold the one device for days.
+DEFAULT_MAX_REQUEST_WORK = 250_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "none by default")
     server.add_argument("--queue-size", type=int, default=64, metavar="N",
                         help="jobs that may wait for the device; more are refused with HTTP 429 (default 64)")
+    server.add_argument("--keep-abandoned-jobs", action="store_true",
+                        help="finish an API job whose client has disconnected (AUTOMATIC1111's behaviour); by "
+                             "default a queued one is dropped and a running one interrupted")
+    server.add_argument("--max-request-work", type=float, default=DEFAULT_MAX_REQUEST_WORK, metavar="MP_STEPS",
+                        help="most work one generation may ask for, in megapixel-steps: images x steps x "
+                             "megapixels, hires pass included (one 1024x1024 image at one step is 1); larger "
+                             f"requests are refused with HTTP 422 (default {DEFAULT_MAX_REQUEST_WORK}; 0: no limit)")
+    server.add_argument("--max-body-size", type=int, default=None, metavar="MIB",
+                        help="largest request body in MiB; larger ones are refused with HTTP 413 (default: "
+                             "enough for img2img's 16 largest images and a mask, about 1.4 GiB)")
     server.add_argument("--autolaunch", action="store_true", help="open the UI in the system browser at start")
     server.add_argument("--theme", choices=("light", "dark"), default=None, help="UI colour theme")
 

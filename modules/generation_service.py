@@ -20,7 +20,7 @@ from modules.cuda_graphs import warmup_note
 from modules.generation_request import Img2ImgRequest, Txt2ImgRequest
 from modules.job_queue import Job, JobQueue
 from modules.model_manager import ModelManager
-from modules.processing import GenerationResult, decode_latents, img2img, txt2img
+from modules.processing import GenerationResult, decode_latents, hires_size, img2img, txt2img
 from modules.rng import resolve_seed
 from modules.sd_model import StableDiffusionModel
 from modules.settings_store import Settings, SettingsStore
@@ -62,12 +62,45 @@ def expected_progress(request: Txt2ImgRequest) -> tuple[int, int]:
     return passes, steps
 
 
+MEGAPIXEL = 1024 * 1024  # so that one 1024x1024 image at one step is one megapixel-step
+
+
+class RequestTooLargeError(ValueError):
+    """A request whose images x steps x pixels exceed the server's per-request bound (a 422)."""
+
+
+def request_work(request: Txt2ImgRequest) -> float:
+    """Megapixel-steps the request asks for: images x sampling steps x megapixels, hires pass included."""
+    images = request.batch_size * request.n_iter
+    _, steps = expected_progress(request)
+    work = images * steps * request.width * request.height / MEGAPIXEL
+    if request.enable_hr:
+        width, height = hires_size(request)
+        work += images * (request.hr_second_pass_steps or request.steps) * width * height / MEGAPIXEL
+    return work
+
+
+def check_work(request: Txt2ImgRequest, limit: float | None) -> None:
+    """Refuse, before queueing, a request that would keep the one device busy far beyond any normal use."""
+    work = request_work(request)
+    if not limit or work <= limit:
+        return
+    hires = f", hires pass {'x'.join(map(str, hires_size(request)))}" if request.enable_hr else ""
+    raise RequestTooLargeError(
+        f"this request asks for {work:,.0f} megapixel-steps ({request.batch_size * request.n_iter} images x "
+        f"{request.steps} steps at {request.width}x{request.height}{hires}); the server allows {limit:,.0f} "
+        f"per request. Ask for fewer images, steps or pixels, or start the server with a larger "
+        f"--max-request-work")
+
+
 class GenerationService:
-    def __init__(self, manager: ModelManager, queue: JobQueue, settings: SettingsStore, outputs_dir: Path):
+    def __init__(self, manager: ModelManager, queue: JobQueue, settings: SettingsStore, outputs_dir: Path,
+                 max_request_work: float | None = None):
         self.manager = manager
         self.queue = queue
         self.settings = settings
         self.outputs_dir = outputs_dir
+        self.max_request_work = max_request_work  # megapixel-steps (--max-request-work); None or 0: no bound
 
     # ---- settings and models -----------------------------------------------------------------
     def job_settings(self, overrides: dict[str, Any] | None = None) -> Settings:
@@ -114,11 +147,12 @@ class GenerationService:
     def submit(self, request: Txt2ImgRequest, *, overrides: dict[str, Any] | None = None,
                persist_overrides: bool = False, checkpoint: str | None = None, job_id: str | None = None,
                owner: str | None = None, save: bool = True) -> Job:
-        """Queue a txt2img or img2img job (by the request's type). Bad overrides or an unknown
-        checkpoint raise here, before anything is queued."""
+        """Queue a txt2img or img2img job (by the request's type). Bad overrides, an unknown checkpoint
+        or too much work (RequestTooLargeError) raise here, before anything is queued."""
         settings = self.job_settings(overrides)
         info = self.checkpoint_for(settings, checkpoint)
         request = apply_settings(request, settings)
+        check_work(request, self.max_request_work)
         kind = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
         outputs = self.outputs_dir if save else None
         passes, steps = expected_progress(request)

@@ -13,7 +13,9 @@ the same checks; nothing depends on each route remembering to ask for them. In o
    forms can post those without a CORS preflight).
 4. Login (401, HTTP Basic, constant-time compare) when any login is configured, with a limit on
    failed attempts per client address (429 with Retry-After).
-5. CORS: inner `Access-Control-*` headers are removed; only origins given on the command line get
+5. Request bodies over the cap (413): refused by their Content-Length before any byte is read, and a
+   body without one (chunked) is counted as it arrives, so no more than the cap is ever read.
+6. CORS: inner `Access-Control-*` headers are removed; only origins given on the command line get
    them back.
 """
 
@@ -59,6 +61,7 @@ class GuardConfig:
     max_failed_logins: int = 10
     failed_login_window_s: float = 300.0
     limit_loopback_logins: bool = False  # a local user can read the flags anyway
+    max_body_bytes: int | None = None  # None: no cap
 
     def credentials_for(self, path: str) -> tuple[tuple[str, str], ...]:
         """API paths take the API login, the rest the UI login; either one alone guards everything,
@@ -199,6 +202,8 @@ class HttpGuard:
             send = self._with_cors(send, origin)
             if scope["path"].startswith(FILE_ROUTE_PREFIXES):
                 send = self._uniform_file_refusals(send)
+            if self.config.max_body_bytes is not None:
+                receive, send = self._capped_body(receive, send, self.config.max_body_bytes)
         await self.app(scope, receive, send)
 
     def _uniform_file_refusals(self, send: Send) -> Send:
@@ -216,6 +221,40 @@ class HttpGuard:
 
         return send_uniform
 
+    @staticmethod
+    def _body_too_large(limit: int) -> Refusal:
+        return Refusal(413, f"request body larger than {limit / (1024 * 1024):g} MiB, the limit of this server "
+                            f"(--max-body-size)")
+
+    def _capped_body(self, receive: Receive, send: Send, limit: int) -> tuple[Receive, Send]:
+        """Counts body bytes as the app reads them. Past the cap the client gets a 413, the app sees a
+        disconnect (it stops reading and gives up), and whatever the app answers then is dropped."""
+        received, refused, started = 0, False, False
+
+        async def counting_receive() -> dict:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    refused = True
+                    if not started:
+                        refusal = self._body_too_large(limit)
+                        await self._respond(send, refusal.status, refusal.message, refusal.headers)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            nonlocal started
+            if refused:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        return counting_receive, guarded_send
+
     # ---- checks ---------------------------------------------------------------------------------
     def check(self, scope: Scope, headers: dict[str, str]) -> Refusal | None:
         if not host_allowed(headers.get("host"), self.config.allowed_hosts):
@@ -229,7 +268,15 @@ class HttpGuard:
             refusal = self._check_origin(headers) or self._check_body_type(scope["path"], method, headers)
             if refusal is not None:
                 return refusal
-        return self._check_login(scope, headers)
+        return self._check_login(scope, headers) or self._check_declared_size(headers)
+
+    def _check_declared_size(self, headers: dict[str, str]) -> Refusal | None:
+        """A body whose Content-Length is over the cap is refused before any of it is read."""
+        limit = self.config.max_body_bytes
+        declared = headers.get("content-length", "")
+        if limit is not None and declared.isdigit() and int(declared) > limit:
+            return self._body_too_large(limit)
+        return None
 
     def _check_origin(self, headers: dict[str, str]) -> Refusal | None:
         origin = headers.get("origin")

@@ -34,6 +34,7 @@ class JobState(str, enum.Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # dropped before it started; it never ran
 
 
 class QueueFullError(RuntimeError):
@@ -45,6 +46,10 @@ class QueueFullError(RuntimeError):
 
 class JobIdInUseError(ValueError):
     pass
+
+
+class JobCancelled(RuntimeError):
+    """What the waiters of a job dropped from the queue get: it never ran."""
 
 
 @dataclass
@@ -265,14 +270,33 @@ class JobQueue:
                 del self._jobs[oldest]
         self._finished.append(job.id)
 
+    def cancel(self, job: Job, reason: str) -> bool:
+        """Drop a job that has not started: it never runs and its waiters get JobCancelled(reason).
+        False when it is running or finished already (interrupt it instead)."""
+        with self._condition:
+            try:
+                self._pending.remove(job)
+            except ValueError:
+                return False
+            self._drop(job, JobCancelled(reason))
+        job._finish()
+        return True
+
+    def _drop(self, job: Job, error: BaseException) -> None:
+        """With the lock held: `job` leaves the queue unrun, kept a while for progress queries."""
+        job.error = error
+        job.state = JobState.CANCELLED
+        job.finished_at = time.time()
+        self._remember_finished(job)
+
     def stop(self) -> None:
         """Finish the running job, drop the queued ones (their waiters get an error)."""
         with self._condition:
             self._stopping = True
             dropped = list(self._pending)
             self._pending.clear()
+            for job in dropped:
+                self._drop(job, JobCancelled("the server is shutting down"))
             self._condition.notify_all()
         for job in dropped:
-            job.error = RuntimeError("the server is shutting down")
-            job.state = JobState.FAILED
             job._finish()

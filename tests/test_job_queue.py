@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from modules.job_queue import JobIdInUseError, JobQueue, JobState, QueueFullError
+from modules.job_queue import JobCancelled, JobIdInUseError, JobQueue, JobState, QueueFullError
 from modules.sampling.samplers import SamplingInterrupted
 
 
@@ -130,3 +130,25 @@ def test_job_ids_are_unique_while_in_use_and_done_callbacks_fire_once():
     assert calls == [job, job]
     assert queue.get("task(mine)") is job
     assert queue.submit("again", lambda j: "ok", job_id="task(mine)").wait(5) == "ok"
+
+
+def test_a_cancelled_queued_job_never_runs_and_its_waiters_get_an_error():
+    queue = JobQueue()
+    work, started, release = _blocker()
+    running = queue.submit("long", work)
+    assert started.wait(5)
+    ran = []
+    dropped = queue.submit("gen", lambda job: ran.append(job.id))
+    behind = queue.submit("gen", lambda job: "served")
+    notified = []
+    dropped.add_done_callback(notified.append)
+    assert queue.cancel(dropped, "its client went away")
+    assert dropped.done and dropped.state == JobState.CANCELLED and notified == [dropped]
+    with pytest.raises(JobCancelled, match="client went away"):
+        dropped.wait(0)
+    assert queue.pending() == [behind] and queue.position(behind) == 1
+    assert queue.get(dropped.id) is dropped  # still answers progress queries by id
+    assert not queue.cancel(running, "too late")  # running: only an interrupt stops it
+    release.set()
+    assert behind.wait(5) == "served" and ran == []
+    assert not queue.cancel(behind, "finished")

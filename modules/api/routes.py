@@ -34,7 +34,7 @@ from modules.devices import is_out_of_memory
 from modules.generation_service import GenerationService
 from modules.image_saving import read_parameters
 from modules.infotext import parse_generation_parameters
-from modules.job_queue import Job, JobIdInUseError, QueueFullError
+from modules.job_queue import Job, JobIdInUseError, JobQueue, QueueFullError
 from modules.model_manager import NoCheckpointError, UnknownCheckpointError
 from modules.processing import NonFiniteImageError
 from modules.safe_load import ModelFileError
@@ -101,8 +101,37 @@ def http_error(error: BaseException, checkpoint_field: tuple = ("override_settin
     return HTTPException(500, f"internal error ({type(error).__name__}); see the server log")
 
 
-async def wait_for(job: Job) -> Any:
-    """The job's result, awaited without holding a worker thread of the server."""
+DISCONNECT_POLL_S = 0.5
+
+
+@dataclass
+class Client:
+    """The connection a job's answer goes to; when it closes first, the job goes with it (dropped
+    from the queue, or interrupted when running), unless --keep-abandoned-jobs."""
+
+    request: Request
+    queue: JobQueue
+
+    @classmethod
+    def of(cls, request: Request, ctx: ApiContext) -> Client | None:
+        return None if ctx.args.keep_abandoned_jobs else cls(request, ctx.queue)
+
+    async def gone(self) -> None:
+        """Returns once the client has closed its connection."""
+        while not await self.request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+
+    def abandon(self, job: Job) -> None:
+        if self.queue.cancel(job, "its client went away"):
+            log.info("Job %s (%s) dropped: its client went away before it started", job.id, job.kind)
+        elif not job.done:
+            job.interrupt()
+            log.info("Job %s (%s) interrupted: its client went away", job.id, job.kind)
+
+
+async def wait_for(job: Job, client: Client | None = None) -> Any:
+    """The job's result, awaited without holding a worker thread of the server. With `client`, a
+    client that disconnects first abandons the job; nobody is left to answer (HTTP 499)."""
     loop = asyncio.get_running_loop()
     finished = loop.create_future()
 
@@ -110,17 +139,27 @@ async def wait_for(job: Job) -> Any:
         loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
 
     job.add_done_callback(on_done)
-    await finished
+    if client is None:
+        await finished
+    else:
+        gone = asyncio.ensure_future(client.gone())
+        try:
+            await asyncio.wait({finished, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not finished.done():
+            client.abandon(job)
+            raise HTTPException(499, "the client closed the connection")
     return job.wait(0)
 
 
-async def run_job(submit) -> tuple[Job, Any]:
+async def run_job(submit, client: Client | None = None) -> tuple[Job, Any]:
     try:
         job = submit()
     except Exception as e:
         raise http_error(e) from None
     try:
-        return job, await wait_for(job)
+        return job, await wait_for(job, client)
     except Exception as e:
         raise http_error(e) from None
 
@@ -164,7 +203,7 @@ def create_api_router(ctx: ApiContext) -> APIRouter:
 def _generation_routes(router: APIRouter, ctx: ApiContext, login) -> None:
     service = ctx.service
 
-    async def generate(api: Txt2ImgApiRequest, user: str | None, prepare) -> GenerationResponse:
+    async def generate(api: Txt2ImgApiRequest, user: str | None, prepare, client: Client | None) -> GenerationResponse:
         if refused := path_valued_keys(api.override_settings or {}):
             raise HTTPException(403, f"path and file name settings cannot be changed over the network: "
                                      f"{', '.join(sorted(refused))}")
@@ -173,7 +212,7 @@ def _generation_routes(router: APIRouter, ctx: ApiContext, login) -> None:
         except ValidationError as e:
             raise http_error(e, loc_prefix=("override_settings",)) from None
         try:
-            check_names(api, ctx.manager.upscalers.names())
+            check_names(api, ctx.manager.upscalers.names(), listings.style_names(ctx.manager))
             request = await run_in_threadpool(prepare, api)
         except Exception as e:
             raise http_error(e) from None
@@ -181,17 +220,17 @@ def _generation_routes(router: APIRouter, ctx: ApiContext, login) -> None:
         job, generated = await run_job(lambda: service.submit(
             request, overrides=api.override_settings,
             persist_overrides=not api.override_settings_restore_afterwards,
-            job_id=api.force_task_id, owner=user, save=api.save_images))
+            job_id=api.force_task_id, owner=user, save=api.save_images), client)
         init_images = getattr(request, "init_images", None)
         return await run_in_threadpool(build_response, api, generated, job.id, notes, init_images)
 
     @router.post("/txt2img", response_model=GenerationResponse)
-    async def text2imageapi(api: Txt2ImgApiRequest, user: str | None = Depends(login)):
-        return await generate(api, user, to_txt2img)
+    async def text2imageapi(api: Txt2ImgApiRequest, request: Request, user: str | None = Depends(login)):
+        return await generate(api, user, to_txt2img, Client.of(request, ctx))
 
     @router.post("/img2img", response_model=GenerationResponse)
-    async def img2imgapi(api: Img2ImgApiRequest, user: str | None = Depends(login)):
-        return await generate(api, user, to_img2img)
+    async def img2imgapi(api: Img2ImgApiRequest, request: Request, user: str | None = Depends(login)):
+        return await generate(api, user, to_img2img, Client.of(request, ctx))
 
     @router.post("/png-info", response_model=PNGInfoResponse)
     def pnginfoapi(req: PNGInfoRequest):
@@ -297,24 +336,24 @@ def _extras_routes(router: APIRouter, ctx: ApiContext) -> None:
     from modules.api import extras_jobs
 
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
-    async def extras_single_image_api(req: ExtrasSingleImageRequest):
+    async def extras_single_image_api(req: ExtrasSingleImageRequest, request: Request):
         try:
             job = await run_in_threadpool(extras_jobs.submit, ctx.manager, ctx.queue, req, [("image", req.image)])
         except Exception as e:
             raise http_error(e) from None
-        _, results = await run_job(lambda: job)
+        _, results = await run_job(lambda: job, Client.of(request, ctx))
         image = results[0]
         return ExtrasSingleImageResponse(html_info=image.info, image=await run_in_threadpool(encode_png, image.image,
                                                                                              image.infotext))
 
     @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
-    async def extras_batch_images_api(req: ExtrasBatchImagesRequest):
+    async def extras_batch_images_api(req: ExtrasBatchImagesRequest, request: Request):
         sources = [(f"imageList.{i}.data", item.data) for i, item in enumerate(req.imageList)]
         try:
             job = await run_in_threadpool(extras_jobs.submit, ctx.manager, ctx.queue, req, sources)
         except Exception as e:
             raise http_error(e) from None
-        _, results = await run_job(lambda: job)
+        _, results = await run_job(lambda: job, Client.of(request, ctx))
         images = await run_in_threadpool(lambda: [encode_png(r.image, r.infotext) for r in results])
         return ExtrasBatchImagesResponse(html_info="\n".join(r.info for r in results), images=images)
 
