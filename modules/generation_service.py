@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from modules import vae as vae_files
 from modules.checkpoints import CheckpointInfo
 from modules.cuda_graphs import warmup_note
+from modules.face_restoration import RESTORER_NAMES
 from modules.generation_request import Img2ImgRequest, Txt2ImgRequest
 from modules.job_queue import Job, JobQueue
-from modules.model_manager import ModelManager
+from modules.model_manager import ModelManager, UnknownCheckpointError
 from modules.processing import GenerationResult, decode_latents, hires_size, img2img, txt2img
 from modules.rng import resolve_seed
 from modules.sd_model import StableDiffusionModel
 from modules.settings_store import Settings, SettingsStore
+
+log = logging.getLogger(__name__)
 
 # Request fields that AUTOMATIC1111 takes from settings rather than from the request.
 SETTING_FIELDS = {"clip_skip": "CLIP_stop_at_last_layers", "eta_noise_seed_delta": "eta_noise_seed_delta",
@@ -101,8 +106,28 @@ class GenerationService:
         self.settings = settings
         self.outputs_dir = outputs_dir
         self.max_request_work = max_request_work  # megapixel-steps (--max-request-work); None or 0: no bound
+        settings.check_names_with(self.unknown_setting_names)
 
     # ---- settings and models -----------------------------------------------------------------
+    def unknown_setting_names(self, settings: Settings, keys: set[str]) -> dict[str, str]:
+        """{setting: why} for each of `keys` whose value names a checkpoint, VAE or face restorer that is
+        not here; the settings store refuses such a change before writing anything."""
+        problems: dict[str, str] = {}
+        if "sd_vae" in keys and settings.sd_vae not in (vae_files.AUTOMATIC, vae_files.NONE):
+            try:
+                vae_files.resolve_vae(settings.sd_vae, Path("."), self.manager.vaes)
+            except ValueError as e:
+                problems["sd_vae"] = str(e)
+        if "sd_model_checkpoint" in keys and settings.sd_model_checkpoint:
+            try:
+                self.manager.find(settings.sd_model_checkpoint)
+            except UnknownCheckpointError as e:
+                problems["sd_model_checkpoint"] = str(e)
+        if "face_restoration_model" in keys and settings.face_restoration_model not in RESTORER_NAMES.values():
+            problems["face_restoration_model"] = (f"unknown face restorer {settings.face_restoration_model!r}; "
+                                                  f"choose one of: {', '.join(RESTORER_NAMES.values())}")
+        return problems
+
     def job_settings(self, overrides: dict[str, Any] | None = None) -> Settings:
         """Saved settings with per-job overrides (raises pydantic.ValidationError for a bad value)."""
         return self.settings.validate_changes(overrides or {})[0]
@@ -117,7 +142,11 @@ class GenerationService:
 
     def _load(self, checkpoint: CheckpointInfo, vae: str):
         if self.manager.vae_choice != vae:
-            self.manager.set_vae(vae)
+            try:
+                self.manager.set_vae(vae)
+            except ValueError as e:  # its file was removed after the choice was made
+                log.warning("%s; using Automatic", e)
+                self.manager.set_vae(vae_files.AUTOMATIC)
         model = self.manager.get(checkpoint.title)
         start_warm_up(model)
         return model
@@ -151,7 +180,7 @@ class GenerationService:
         or too much work (RequestTooLargeError) raise here, before anything is queued."""
         settings = self.job_settings(overrides)
         info = self.checkpoint_for(settings, checkpoint)
-        request = apply_settings(request, settings)
+        request = apply_settings(self._sized_for(request, info), settings)
         check_work(request, self.max_request_work)
         kind = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
         outputs = self.outputs_dir if save else None
@@ -171,6 +200,14 @@ class GenerationService:
             return Generated(result, request, model.checkpoint, model.vae_name, job.interrupted, timestamp, settings)
 
         return self.queue.submit(kind, work, job_id=job_id, owner=owner, job_count=passes, steps=steps)
+
+    def _sized_for(self, request: Txt2ImgRequest, checkpoint: CheckpointInfo) -> Txt2ImgRequest:
+        """A side the request leaves out is the checkpoint's native size (512 for SD 1.x, 1024 for SDXL,
+        128 for the embedded model), as a client that sends no size expects of whatever model runs."""
+        unset = {"width", "height"} - request.model_fields_set
+        if not unset or (native := self.manager.native_size(checkpoint)) is None:
+            return request
+        return request.model_copy(update={side: native for side in unset})
 
     def txt2img(self, request: Txt2ImgRequest, checkpoint: str | None = None) -> GenerationResult:
         """Queue and wait (the UI's path)."""

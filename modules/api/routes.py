@@ -39,6 +39,7 @@ from modules.model_manager import NoCheckpointError, UnknownCheckpointError
 from modules.processing import NonFiniteImageError
 from modules.safe_load import ModelFileError
 from modules.settings_store import path_valued_keys
+from modules.short_errors import json_safe, short_message
 from modules.sampling.samplers import SamplingInterrupted
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class ApiContext:
 # ---- errors -------------------------------------------------------------------------------------
 
 def _unprocessable(loc: tuple, message: str) -> HTTPException:
-    return HTTPException(422, [{"loc": ["body", *loc], "msg": message, "type": "value_error"}])
+    return HTTPException(422, [{"loc": ["body", *loc], "msg": short_message(message), "type": "value_error"}])
 
 
 def http_error(error: BaseException, checkpoint_field: tuple = ("override_settings", "sd_model_checkpoint"),
@@ -73,9 +74,10 @@ def http_error(error: BaseException, checkpoint_field: tuple = ("override_settin
     if isinstance(error, HTTPException):
         return error
     if isinstance(error, ValidationError):
-        return HTTPException(422, [{"loc": ["body", *loc_prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]}
-                                   for e in error.errors(include_url=False, include_context=False,
-                                                         include_input=False)])
+        return HTTPException(422, json_safe([{"loc": ["body", *loc_prefix, *e["loc"]], "msg": short_message(e["msg"]),
+                                              "type": e["type"]}
+                                             for e in error.errors(include_url=False, include_context=False,
+                                                                   include_input=False)]))
     if isinstance(error, ImageFieldError):
         return _unprocessable(tuple(error.field.split(".")), error.message)
     if isinstance(error, FieldError):
