@@ -24,6 +24,7 @@ from modules.generation_request import Img2ImgRequest, Txt2ImgRequest
 from modules.job_queue import Job, JobQueue
 from modules.model_manager import ModelManager, UnknownCheckpointError
 from modules.processing import GenerationResult, decode_latents, hires_size, img2img, txt2img
+from modules.prompt_preparation import prepare_request
 from modules.rng import resolve_seed
 from modules.sd_model import StableDiffusionModel
 from modules.settings_store import Settings, SettingsStore
@@ -181,7 +182,9 @@ class GenerationService:
         settings = self.job_settings(overrides)
         info = self.checkpoint_for(settings, checkpoint)
         request = apply_settings(self._sized_for(request, info), settings)
-        check_work(request, self.max_request_work)
+        # As it will run: `--w 2048 --ar 1:1` in a prompt changes the size; bad parameters are refused now.
+        native = self.manager.native_size(info) or request.width
+        check_work(prepare_request(request, native, self.manager.paths.styles_file), self.max_request_work)
         kind = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
         outputs = self.outputs_dir if save else None
         passes, steps = expected_progress(request)

@@ -146,6 +146,14 @@ def test_a_request_for_days_of_work_is_refused_naming_the_numbers(server):
     _still_serving(server)
 
 
+def test_a_size_given_inside_the_prompt_counts_as_well(server):
+    response = _post(server, {"prompt": "a star --w 2048 --h 2048", "batch_size": 64, "n_iter": 100, "steps": 150,
+                              "width": 64, "height": 64})
+    assert response.status_code == 422
+    assert "6400 images x 150 steps at 2048x2048" in response.json()["detail"][0]["msg"]
+    _still_serving(server)
+
+
 def test_everyday_requests_fit_the_default_work_bound():
     from modules.cmd_args import DEFAULT_MAX_REQUEST_WORK
     from modules.generation_service import RequestTooLargeError, check_work
