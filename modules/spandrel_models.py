@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -41,11 +42,21 @@ class ModelFacts:
     supports_half: bool
 
 
+def _import_extra_arches():
+    # spandrel-extra-arches' CodeFormer module applies @torch.jit.script to a helper when it is
+    # imported, and torch warns on every start that torch.jit.script is deprecated: the library's
+    # code, nothing we can change, so that one warning is ignored for this import only.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        import spandrel_extra_arches
+    return spandrel_extra_arches
+
+
 @functools.lru_cache(maxsize=1)
 def registry():
     import spandrel
-    import spandrel_extra_arches
 
+    spandrel_extra_arches = _import_extra_arches()
     combined = spandrel.MAIN_REGISTRY.copy()
     combined.add(*spandrel_extra_arches.EXTRA_REGISTRY, ignore_duplicates=True)
     return combined
