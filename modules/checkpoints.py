@@ -62,9 +62,20 @@ def find_checkpoint_files(folders: tuple[Path, ...] | list[Path]) -> list[tuple[
     return sorted(found.values(), key=lambda pair: pair[1].relative_to(pair[0]).as_posix().lower())
 
 
-def list_checkpoints(folders, hash_cache: HashCache | None, extra_files: tuple[Path, ...] = ()) -> list[CheckpointInfo]:
+def _fallback_pairs(fallback_files, listed: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """(folder, file) pairs of the fallback files whose name no listed file has: a user's copy of a
+    shipped model (same name) stands for it instead of appearing twice."""
+    names = {path.relative_to(folder).as_posix() for folder, path in listed}
+    return [(p.parent, p) for p in map(Path, fallback_files) if p.is_file() and p.name not in names]
+
+
+def list_checkpoints(folders, hash_cache: HashCache | None, extra_files: tuple[Path, ...] = (),
+                     fallback_files: tuple[Path, ...] = ()) -> list[CheckpointInfo]:
+    """`extra_files` are listed first, then the folders' files, then `fallback_files` (the models that
+    ship with the product) unless already listed; each file once, however it was reached."""
     pairs = [(p.parent, p) for p in map(Path, extra_files) if p.is_file()]
     pairs += find_checkpoint_files(folders)
+    pairs += _fallback_pairs(fallback_files, pairs)
     infos, seen = [], set()
     for folder, path in pairs:
         if path.resolve() in seen:

@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--data-dir", default=None, metavar="DIR",
                        help="base folder for models, outputs, settings and caches (default: the install folder)")
     paths.add_argument("--models-dir", default=None, metavar="DIR", help="base folder for models (default DATA_DIR/models)")
+    paths.add_argument("--no-shipped-models", action="store_true",
+                       help="list only the models in the model folders: without it, the ones that ship with the "
+                            "install (the embedded default checkpoint, R-ESRGAN 4x+) are listed whatever --data-dir "
+                            "or --models-dir says")
     paths.add_argument("--ckpt", default=None, metavar="FILE", help="checkpoint to load at start and list first")
     paths.add_argument("--ckpt-dir", default=None, metavar="DIR", help="extra folder searched for checkpoints")
     paths.add_argument("--vae-dir", default=None, metavar="DIR", help="extra folder searched for VAE files")

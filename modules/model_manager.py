@@ -21,7 +21,7 @@ from modules import vae as vae_files
 from modules.checkpoints import CheckpointInfo, find_checkpoint, list_checkpoints
 from modules.devices import DevicePolicy
 from modules.hashes import HashCache
-from modules.paths import Paths
+from modules.paths import SHIPPED_CHECKPOINTS, Paths
 from modules.safe_load import ModelFileError
 from modules.sd_loader import inspect_checkpoint, load_checkpoint
 from modules.sd_model import StableDiffusionModel
@@ -34,7 +34,13 @@ if TYPE_CHECKING:  # for the annotation only; resources() imports it when called
 log = logging.getLogger(__name__)
 
 # The small model the project trains and ships: the default only when no other checkpoint is present.
-EMBEDDED_CHECKPOINT_NAMES = frozenset({"embedded-shapes-v1.safetensors"})
+EMBEDDED_CHECKPOINT_NAMES = frozenset(path.name for path in SHIPPED_CHECKPOINTS)
+
+
+def _upscaler_sources(paths: Paths) -> dict[str, list[Path]]:
+    """Per kind, the user's upscaler folders and then the shipped upscaler files."""
+    kinds = dict.fromkeys([*paths.upscaler_dirs, *paths.shipped_upscalers])
+    return {kind: [*paths.upscaler_dirs.get(kind, ()), *paths.shipped_upscalers.get(kind, ())] for kind in kinds}
 
 
 class NoCheckpointError(RuntimeError):
@@ -60,7 +66,7 @@ class ModelManager:
         self._embeddings: tuple[object, EmbeddingDatabase] | None = None
         self.lora_cache = lora.LoraCache()
         self.lora_files: list[lora.LoraFile] = []
-        self.upscalers = UpscalerRegistry({k: list(v) for k, v in paths.upscaler_dirs.items()}, policy.device,
+        self.upscalers = UpscalerRegistry(_upscaler_sources(paths), policy.device,
                                           half=policy.unet_dtype == torch.float16)
         self.face_restorers = FaceRestorers(paths.face_restorer_dirs, policy.device,
                                             half=policy.unet_dtype == torch.float16)
@@ -71,7 +77,8 @@ class ModelManager:
         extra = (Path(self.preferred_checkpoint),) if self.preferred_checkpoint and \
             Path(self.preferred_checkpoint).is_file() else ()
         with self._lock:
-            self._checkpoints = list_checkpoints(self.paths.checkpoint_dirs, self._hashes, extra)
+            self._checkpoints = list_checkpoints(self.paths.checkpoint_dirs, self._hashes, extra,
+                                                 fallback_files=self.paths.shipped_checkpoints)
             self._vaes = vae_files.list_vaes(self.paths.vae_dirs, self.paths.checkpoint_dirs)
             self.upscalers.refresh()
             self.face_restorers.refresh()

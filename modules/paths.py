@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 INSTALL_DIR = Path(__file__).resolve().parent.parent
 CONFIGS_DIR = INSTALL_DIR / "configs"
+# The models that ship with the product live in the install's models/ folder: the embedded default
+# checkpoint (in the repository) and R-ESRGAN 4x+ (converted at setup by
+# tools/convert_realesrgan_ncnn.py). --data-dir and --models-dir must not hide them, so they are
+# listed after the user's own folders' files, whatever those folders are.
+SHIPPED_MODELS_DIR = INSTALL_DIR / "models"
+SHIPPED_CHECKPOINTS = (SHIPPED_MODELS_DIR / "Stable-diffusion" / "embedded-shapes-v1.safetensors",)
+SHIPPED_UPSCALERS = MappingProxyType({"RealESRGAN": (SHIPPED_MODELS_DIR / "RealESRGAN" / "RealESRGAN_x4plus.pth",)})
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,9 @@ class Paths:
     lora_dirs: tuple[Path, ...]
     embeddings_dir: Path
     styles_file: Path
+    # Files, not folders: listed after the folders' files, each only when no file of its name was found.
+    shipped_checkpoints: tuple[Path, ...] = ()
+    shipped_upscalers: dict[str, tuple[Path, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Paths":
@@ -56,7 +67,10 @@ class Paths:
             lora_dirs.insert(0, Path(args.lora_dir).expanduser().resolve())
         embeddings_dir = Path(args.embeddings_dir).expanduser().resolve() if getattr(args, "embeddings_dir", None) \
             else data_dir / "embeddings"
+        with_shipped = not getattr(args, "no_shipped_models", False)
         return cls(
+            shipped_checkpoints=SHIPPED_CHECKPOINTS if with_shipped else (),
+            shipped_upscalers=dict(SHIPPED_UPSCALERS) if with_shipped else {},
             embeddings_dir=embeddings_dir,
             styles_file=data_dir / "styles.csv",
             upscaler_dirs=upscaler_dirs,

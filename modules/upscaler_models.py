@@ -60,14 +60,25 @@ def why_not_an_upscaler(facts: ModelFacts) -> str | None:
     return f"a {facts.architecture} model for {facts.purpose}, not an upscaler"
 
 
+def _candidate_files(entries) -> list[Path]:
+    """The model files under the folders among `entries`, then the entries that are files themselves
+    (the models that ship with the product), each once."""
+    entries = list(map(Path, entries))
+    files = spandrel_models.candidate_files([e for e in entries if e.is_dir()])
+    seen = {f.resolve() for f in files}
+    return files + [e for e in entries if e.is_file() and e.resolve() not in seen]
+
+
 def discover(folders: dict[str, list[Path]], cache: spandrel_models.FactsCache | None = None,
              ) -> tuple[list[UpscalerFile], list[UnsupportedFile]]:
-    """The upscalers in the folders (one per name, the first found), and the files skipped with why."""
+    """The upscalers in the folders (one per name, the first found), and the files skipped with why.
+
+    A kind's list may name files as well as folders; they count after its folders' files."""
     cache = cache or spandrel_models.FactsCache()
     found: dict[str, UpscalerFile] = {}
     unsupported: list[UnsupportedFile] = []
     for kind, paths in folders.items():
-        for path in spandrel_models.candidate_files(paths):
+        for path in _candidate_files(paths):
             facts = cache.facts(path)
             reason = str(facts) if isinstance(facts, Exception) else why_not_an_upscaler(facts)
             if reason is not None:

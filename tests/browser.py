@@ -51,17 +51,9 @@ def save_artifact(page, name: str) -> Path:
     return path
 
 
-EMBEDDED = Path(__file__).resolve().parent.parent / "models" / "Stable-diffusion" / "embedded-shapes-v1"
-
-
 def data_dir_with_embedded_model(root: Path) -> Path:
-    """A data folder whose models/Stable-diffusion holds the shipped model (linked, not copied)."""
-    folder = root / "models" / "Stable-diffusion"
-    folder.mkdir(parents=True, exist_ok=True)
-    for suffix in (".safetensors", ".yaml"):
-        target = folder / f"{EMBEDDED.name}{suffix}"
-        if not target.exists():
-            target.symlink_to(EMBEDDED.with_suffix(suffix))
+    """A data folder for the server: any folder has the shipped model, nothing is linked into it."""
+    root.mkdir(parents=True, exist_ok=True)
     return root
 
 

@@ -15,7 +15,8 @@ from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
 
 
 def _manager(data_dir):
-    return ModelManager(Paths.from_args(parse_args(["--data-dir", str(data_dir)], environ={})), DevicePolicy.cpu())
+    return ModelManager(Paths.from_args(parse_args(["--data-dir", str(data_dir), "--no-shipped-models"], environ={})),
+                        DevicePolicy.cpu())
 
 
 def _folder(tmp_path):

@@ -36,7 +36,7 @@ def test_generate_in_browser(tmp_path):
 
 
 def test_page_without_checkpoint_tells_user_what_to_do(tmp_path):
-    with ServerProcess(data_dir=tmp_path) as server, chromium_page() as page:
+    with ServerProcess("--no-shipped-models", data_dir=tmp_path) as server, chromium_page() as page:
         open_ui(page, server.url)
         text = page.locator("#status").inner_text()
         assert "No checkpoint is present" in text

@@ -70,3 +70,18 @@ def test_hash_cache_survives_restart_and_notices_changes(tmp_path):
 
     _write(path, 2)  # new content, new size or mtime
     assert HashCache(cache_file).sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest() != first
+
+
+def test_fallback_files_come_last_and_only_when_no_file_has_their_name(tmp_path):
+    shipped = _write(tmp_path / "install" / "shipped.safetensors", 1)
+    other_shipped = _write(tmp_path / "install" / "other.safetensors", 2)
+    _write(tmp_path / "data" / "a.safetensors", 3)
+    _write(tmp_path / "data" / "shipped.safetensors", 4)  # the user's own copy wins
+
+    infos = list_checkpoints([tmp_path / "data"], hash_cache=None, fallback_files=(shipped, other_shipped))
+    assert [(c.name, c.path.parent.name) for c in infos] == \
+        [("a.safetensors", "data"), ("shipped.safetensors", "data"), ("other.safetensors", "install")]
+
+    # The install's own folder searched as well: each file once.
+    infos = list_checkpoints([tmp_path / "install"], hash_cache=None, fallback_files=(shipped,))
+    assert [c.name for c in infos] == ["other.safetensors", "shipped.safetensors"]

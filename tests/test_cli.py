@@ -28,7 +28,8 @@ def test_cli_txt2img_writes_png_with_parameters(tmp_path):
 
 
 def test_cli_without_checkpoint_fails_clearly(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "modules.cli", "--data-dir", str(tmp_path), "--prompt", "x"],
+    run = subprocess.run([sys.executable, "-m", "modules.cli", "--data-dir", str(tmp_path), "--no-shipped-models",
+                          "--prompt", "x"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2
     assert "no checkpoint found" in run.stderr

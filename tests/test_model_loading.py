@@ -31,7 +31,8 @@ def _install(tmp_path, family, fmt, with_yaml=True):
 
 
 def _manager(tmp_path):
-    paths = Paths.from_args(parse_args(["--data-dir", str(tmp_path)], environ={}))
+    # Only the tiny checkpoints these tests write: not the shipped model too.
+    paths = Paths.from_args(parse_args(["--data-dir", str(tmp_path), "--no-shipped-models"], environ={}))
     return ModelManager(paths, DevicePolicy.cpu())
 
 

@@ -6,7 +6,7 @@ from server_process import ServerProcess
 
 
 def test_page_without_checkpoint_says_so_and_keeps_serving(tmp_path):
-    with ServerProcess(data_dir=tmp_path) as server:
+    with ServerProcess("--no-shipped-models", data_dir=tmp_path) as server:
         page = requests.get(server.url + "/", timeout=10)
         assert page.status_code == 200
         config = requests.get(server.url + "/config", timeout=10).json()
