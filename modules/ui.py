@@ -16,10 +16,13 @@ from modules.ui_tabs import settings as settings_tab
 from modules.ui_tabs import top_bar
 from modules.ui_tabs.common import UiContext
 from modules.ui_tabs.extras import build_extras
+from modules.ui_tabs.field_bounds import UNCLAMP_JS
 from modules.ui_tabs.img2img import build_img2img
 from modules.ui_tabs.png_info import build_png_info
 from modules.ui_tabs.progress import ActiveJobs
+from modules.ui_tabs.prompt_area import wire_style_editors
 from modules.ui_tabs.send_to import Targets, wire_png_info_send, wire_results_send
+from modules.ui_tabs.tooltips import TOOLTIPS_JS
 from modules.ui_tabs.txt2img import build_txt2img
 
 STYLE_FILE = Path(__file__).parent / "ui_tabs" / "style.css"
@@ -53,7 +56,8 @@ def build_ui(service: GenerationService, args: argparse.Namespace | None = None)
         gr.HTML(f"<style>{STYLE_FILE.read_text(encoding='utf-8')}</style>", elem_id="page_style", js_on_load=None,
                 padding=False, container=False)
         bar = top_bar.build_top_bar(ctx)
-        with gr.Tabs(elem_id="tabs", selected="txt2img") as tabs:
+        # Tabs that do not fit wrap onto a second row: hidden behind "…" nobody finds them on a phone.
+        with gr.Tabs(elem_id="tabs", selected="txt2img", overflow_behavior="wrap") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 txt2img = build_txt2img(ctx, active)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
@@ -71,6 +75,7 @@ def build_ui(service: GenerationService, args: argparse.Namespace | None = None)
 def wire(ctx: UiContext, demo: gr.Blocks, bar: top_bar.TopBar, targets: Targets, png,
          settings: settings_tab.SettingsTab) -> None:
     top_bar.wire_top_bar(ctx, bar)
+    wire_style_editors(ctx, [targets.txt2img.prompt, targets.img2img.prompt])
     for area in (targets.txt2img.results, targets.img2img.results, targets.extras.results):
         wire_results_send(targets, area)
     wire_png_info_send(targets, png)
@@ -94,6 +99,6 @@ def wire(ctx: UiContext, demo: gr.Blocks, bar: top_bar.TopBar, targets: Targets,
 
     demo.load(saved_values, outputs=[bar.checkpoint, bar.vae, bar.clip_skip, *settings.controls.values()],
               show_progress="hidden")
-    js = theme_js(getattr(ctx.args, "theme", None))
-    demo.load(None, js=f"() => {{ ({PAGE_JS})(); {f'({js})();' if js else ''} }}")
+    scripts = [PAGE_JS, UNCLAMP_JS, TOOLTIPS_JS, theme_js(getattr(ctx.args, "theme", None))]
+    demo.load(None, js=f"() => {{ {' '.join(f'({js})();' for js in scripts if js)} }}")
 

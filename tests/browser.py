@@ -43,11 +43,12 @@ def open_ui(page, url: str) -> None:
     page.wait_for_function("window.__gradio_mode__ !== undefined || document.querySelector('#txt2img_generate')")
 
 
-def save_artifact(page, name: str) -> Path:
-    """A full-page screenshot under tests/artifacts/, for a person to look at after a run."""
+def save_artifact(page, name: str, full_page: bool = True) -> Path:
+    """A screenshot under tests/artifacts/, for a person to look at after a run: the whole page, or
+    (full_page=False) what the window shows, toasts included (a full page leaves them out)."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     return path
 
 
@@ -72,3 +73,27 @@ def choose(page, elem_id: str, option: str) -> None:
 
 def open_tab(page, elem_id: str) -> None:
     page.locator(f"#{elem_id}-button").click()
+
+
+def toast_messages(page) -> list[str]:
+    """The messages of the error/info toasts on show."""
+    return [text.strip() for text in page.locator("[data-testid=toast-text]").all_inner_texts()]
+
+
+def wait_for_toast(page, text: str, timeout: float = 30_000) -> str:
+    """The first toast message containing `text`, once one shows."""
+    page.wait_for_function(f"[...document.querySelectorAll('[data-testid=toast-text]')]"
+                           f".some(t => t.innerText.includes({text!r}))", timeout=timeout)
+    return next(message for message in toast_messages(page) if text in message)
+
+
+def close_toasts(page) -> None:
+    for button in page.locator("[data-testid=toast-close]").all():
+        button.click()
+    page.wait_for_function("!document.querySelector('[data-testid=toast-text]')")
+
+
+def rect(page, selector: str) -> dict:
+    """The element's box on the page (viewport coordinates), as getBoundingClientRect gives it."""
+    return page.evaluate(f"""() => {{ const r = document.querySelector({selector!r}).getBoundingClientRect();
+        return {{x: r.x, y: r.y, width: r.width, height: r.height, bottom: r.bottom, right: r.right}}; }}""")

@@ -7,6 +7,7 @@ and builds a typed request from it; nothing depends on the order of a component 
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from modules.job_queue import QueueFullError
 from modules.model_manager import ModelManager, NoCheckpointError
 from modules.safe_load import ModelFileError
 from modules.settings_store import SettingsStore
+
+log = logging.getLogger("ui")
 
 # Failures a user can act on; they become a message on the page, never a traceback.
 USER_ERRORS = (ValidationError, NoCheckpointError, ModelFileError, QueueFullError, ValueError, KeyError)
@@ -73,13 +76,20 @@ def validation_message(error: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in error.errors())
 
 
+def refusal(message: str) -> gr.Error:
+    """A gr.Error to raise for input the user can correct: one log line, no traceback (Gradio prints
+    one for every gr.Error unless told not to, and a log full of them hides the real failures)."""
+    log.info("Refused: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
 def user_error(error: BaseException) -> gr.Error:
     """A gr.Error to raise with a message the user can act on."""
     if isinstance(error, ValidationError):
-        return gr.Error(validation_message(error))
+        return refusal(validation_message(error))
     if isinstance(error, KeyError):
-        return gr.Error(str(error.args[0]) if error.args else "unknown name")
-    return gr.Error(str(error))
+        return refusal(str(error.args[0]) if error.args else "unknown name")
+    return refusal(str(error))
 
 
 def checkpoint_titles(manager: ModelManager) -> list[str]:

@@ -11,14 +11,17 @@ from PIL import Image
 
 from modules.generation_request import Img2ImgRequest
 from modules.ui_tabs import params
-from modules.ui_tabs.common import USER_ERRORS, Fields, UiContext, default_size, user_error
+from modules.ui_tabs.common import USER_ERRORS, Fields, UiContext, default_size, refusal, user_error
+from modules.ui_tabs.components import CheckedImage
 from modules.ui_tabs.generation import notes_of, results_of
-from modules.ui_tabs.progress import ActiveJobs, ProgressArea, build_progress_area, stream_job, wire_controls
+from modules.ui_tabs.progress import (ActiveJobs, ProgressArea, build_progress_bar, cleared_on, stream_job,
+                                     wire_controls)
 from modules.ui_tabs.prompt_area import PromptArea, build_prompt_area
 from modules.ui_tabs.results import ResultsArea, build_results, show, wire_results
 
 TAB = "img2img"
 MODES = ("img2img", "sketch", "inpaint", "inpaint_upload")
+INPAINT_MODES = ("inpaint", "inpaint_upload")  # the modes with a mask, and so with mask options
 RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"]
 MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
@@ -36,6 +39,7 @@ class ImageInputs:
     inpaint: gr.ImageEditor
     upload_image: gr.Image
     upload_mask: gr.Image
+    mode_tabs: list[gr.Tab]  # in the order of MODES
 
 
 @dataclass
@@ -43,16 +47,17 @@ class Img2ImgTab:
     prompt: PromptArea
     fields: Fields
     inputs: ImageInputs
+    mask_options: gr.Accordion  # shown in the inpaint modes only
     progress: ProgressArea
     results: ResultsArea
 
 
 def build_image_inputs() -> ImageInputs:
     mode = gr.State("img2img")
-    with gr.Tabs(elem_id="mode_img2img", selected="img2img") as tabs:
+    with gr.Tabs(elem_id="mode_img2img", selected="img2img", overflow_behavior="wrap") as tabs:
         with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as tab_img:
-            image = gr.Image(label="Image for img2img", type="pil", image_mode="RGBA", elem_id="img2img_image",
-                             sources=["upload", "clipboard"], height=360)
+            image = CheckedImage(label="Image for img2img", field="init_images.0", image_mode="RGBA",
+                                 elem_id="img2img_image", sources=["upload", "clipboard"], height=360)
         with gr.Tab("Sketch", id="sketch", elem_id="img2img_img2img_sketch_tab") as tab_sketch:
             sketch = gr.ImageEditor(label="Sketch", type="pil", elem_id="img2img_sketch", height=360,
                                     sources=["upload", "clipboard"], layers=False,
@@ -63,28 +68,31 @@ def build_image_inputs() -> ImageInputs:
                                      transforms=())
         with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as tab_upload:
             with gr.Row():
-                upload_image = gr.Image(label="Image", type="pil", image_mode="RGBA", elem_id="img_inpaint_base",
-                                        sources=["upload", "clipboard"], height=300)
-                upload_mask = gr.Image(label="Mask", type="pil", image_mode="L", elem_id="img_inpaint_mask",
-                                       sources=["upload", "clipboard"], height=300)
-    for name, tab in zip(MODES, (tab_img, tab_sketch, tab_inpaint, tab_upload)):
-        tab.select(lambda name=name: name, outputs=[mode], show_progress="hidden")
-    return ImageInputs(mode, tabs, image, sketch, inpaint, upload_image, upload_mask)
+                upload_image = CheckedImage(label="Image", field="init_images.0", image_mode="RGBA",
+                                            elem_id="img_inpaint_base", sources=["upload", "clipboard"], height=300)
+                upload_mask = CheckedImage(label="Mask", field="mask", image_mode="L", elem_id="img_inpaint_mask",
+                                           sources=["upload", "clipboard"], height=300)
+    return ImageInputs(mode, tabs, image, sketch, inpaint, upload_image, upload_mask,
+                       [tab_img, tab_sketch, tab_inpaint, tab_upload])
 
 
-def mask_options(fields: Fields) -> None:
-    with gr.Accordion("Inpaint options", open=True, elem_id=f"{TAB}_inpaint_controls"):
+def mask_options_update(mode: str) -> gr.Accordion:
+    return gr.Accordion(visible=mode in INPAINT_MODES)
+
+
+def mask_options(fields: Fields) -> gr.Accordion:
+    with gr.Accordion("Inpaint options", open=True, visible=False, elem_id=f"{TAB}_inpaint_controls") as options:
         with gr.Row():
-            fields.add("mask_blur", gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id=f"{TAB}_mask_blur"))
-            fields.add("inpaint_full_res_padding", gr.Slider(0, 256, value=32, step=4,
-                                                             label="Only masked padding, pixels",
-                                                             elem_id=f"{TAB}_inpaint_full_res_padding"))
+            params.request_slider(fields, TAB, "mask_blur", "Mask blur", 1, model=Img2ImgRequest)
+            params.request_slider(fields, TAB, "inpaint_full_res_padding", "Only masked padding, pixels", 4,
+                                  model=Img2ImgRequest)
         fields.add("inpainting_mask_invert", gr.Radio(MASK_MODES, value=MASK_MODES[0], type="index",
                                                       label="Mask mode", elem_id=f"{TAB}_mask_mode"))
         fields.add("inpainting_fill", gr.Radio(MASKED_CONTENT, value="original", type="index",
                                                label="Masked content", elem_id=f"{TAB}_inpainting_fill"))
         fields.add("inpaint_full_res", gr.Radio(INPAINT_AREAS, value=INPAINT_AREAS[0], type="index",
                                                 label="Inpaint area", elem_id=f"{TAB}_inpaint_full_res"))
+    return options
 
 
 def build_img2img(ctx: UiContext, active: ActiveJobs) -> Img2ImgTab:
@@ -98,14 +106,14 @@ def build_img2img(ctx: UiContext, active: ActiveJobs) -> Img2ImgTab:
             params.sampler_controls(fields, TAB)
             params.size_controls(fields, TAB, default_size(ctx.manager))
             params.batch_controls(fields, TAB)
-            fields.add("denoising_strength", gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
-                                                       elem_id=f"{TAB}_denoising_strength"))
+            params.request_slider(fields, TAB, "denoising_strength", "Denoising strength", 0.01, model=Img2ImgRequest)
             params.seed_controls(fields, TAB)
-            mask_options(fields)
+            options = mask_options(fields)
         with gr.Column(scale=6, min_width=300, elem_id=f"{TAB}_results"):
-            progress = build_progress_area(TAB)
+            bar = build_progress_bar(TAB)
             results = build_results(TAB)
-    tab = Img2ImgTab(prompt, prompt.fields.merge(fields), inputs, progress, results)
+            progress = ProgressArea(bar, results.gallery)
+    tab = Img2ImgTab(prompt, prompt.fields.merge(fields), inputs, options, progress, results)
     wire_img2img(ctx, active, tab)
     return tab
 
@@ -141,23 +149,23 @@ def init_and_mask(mode: str, inputs: dict) -> tuple[Image.Image, Image.Image | N
     """The init image and mask of the chosen sub-tab; raises gr.Error naming what is missing."""
     if mode == "img2img":
         if inputs["image"] is None:
-            raise gr.Error("Put an image in the img2img box first.")
+            raise refusal("Put an image in the img2img box first.")
         return _rgb(inputs["image"]), None
     if mode == "sketch":
         editor = inputs["sketch"] or {}
         if editor.get("composite") is None:
-            raise gr.Error("Put an image in the Sketch box first.")
+            raise refusal("Put an image in the Sketch box first.")
         return _rgb(editor["composite"]), None
     if mode == "inpaint":
         editor = inputs["inpaint"] or {}
         if editor.get("background") is None:
-            raise gr.Error("Put an image in the Inpaint box first.")
+            raise refusal("Put an image in the Inpaint box first.")
         mask = brushed_mask(editor)
         if mask is None:
-            raise gr.Error("Paint the area to change on the image first.")
+            raise refusal("Paint the area to change on the image first.")
         return _rgb(editor["background"]), mask
     if inputs["upload_image"] is None or inputs["upload_mask"] is None:
-        raise gr.Error("Inpaint upload needs both an image and a mask.")
+        raise refusal("Inpaint upload needs both an image and a mask.")
     return _rgb(inputs["upload_image"]), inputs["upload_mask"].convert("L")
 
 
@@ -174,7 +182,10 @@ def request_from(tab: Img2ImgTab, values: dict) -> Img2ImgRequest:
 
 def wire_img2img(ctx: UiContext, active: ActiveJobs, tab: Img2ImgTab) -> None:
     images = tab.inputs
-    outputs = [tab.progress.bar, tab.progress.preview, tab.results.gallery, tab.results.info, tab.results.state,
+    for name, item in zip(MODES, images.mode_tabs):
+        item.select(lambda name=name: (name, mask_options_update(name)), outputs=[images.mode, tab.mask_options],
+                    show_progress="hidden")
+    outputs = [tab.progress.bar, tab.results.gallery, tab.results.info, tab.results.state,
                tab.results.download, tab.results.notes]
 
     def run(values: dict, request: gr.Request):
@@ -192,6 +203,7 @@ def wire_img2img(ctx: UiContext, active: ActiveJobs, tab: Img2ImgTab) -> None:
     inputs = tab.fields.inputs | {images.mode, images.image, images.sketch, images.inpaint, images.upload_image,
                                   images.upload_mask}
     for trigger in (tab.prompt.generate.click, tab.prompt.fields["prompt"].submit):
-        trigger(run, inputs=inputs, outputs=outputs, show_progress="hidden", concurrency_limit=None)
+        cleared_on(trigger, tab.progress).then(run, inputs=inputs, outputs=outputs, show_progress="hidden",
+                                               concurrency_limit=None)
     wire_controls(active, TAB, tab.prompt.interrupt, tab.prompt.skip)
     wire_results(ctx, tab.results)

@@ -17,9 +17,9 @@ from modules.image_saving import ImageFacts, SaveOptions
 from modules.job_queue import Job
 from modules.prompt_preparation import prepare_request
 from modules.rng import resolve_seed
-from modules.ui_tabs.common import UiContext, default_size
+from modules.ui_tabs.common import UiContext, default_size, refusal
 from modules.ui_tabs.generation import notes_of, results_of
-from modules.ui_tabs.progress import ActiveJobs, ProgressArea, stream_job
+from modules.ui_tabs.progress import ActiveJobs, ProgressArea, cleared_on, stream_job
 from modules.ui_tabs.results import ResultItem, Results, ResultsArea, show
 
 GRID_SIZE = 4
@@ -89,22 +89,23 @@ def _upscale_work(ctx: UiContext, item: ResultItem, upscaler: str):
 
 def wire_midjourney(ctx: UiContext, active: ActiveJobs, tab: str, mj: MidjourneyControls, progress: ProgressArea,
                     results: ResultsArea) -> None:
-    outputs = [progress.bar, progress.preview, results.gallery, results.info, results.state, results.download,
+    outputs = [progress.bar, results.gallery, results.info, results.state, results.download,
                results.notes, mj.row, mj.grid]
 
     def upscale_handler(index: int):
         def handler(grid: Results | None, upscaler: str, request: gr.Request):
             if grid is None or index >= len(grid.items):
-                raise gr.Error("Make a Midjourney grid first.")
+                raise refusal("Make a Midjourney grid first.")
             if upscaler not in upscaler_choices(ctx) and upscaler not in upscalers.PIXEL_RESAMPLERS:
-                raise gr.Error(f"unknown upscaler {upscaler!r}")
+                raise refusal(f"unknown upscaler {upscaler!r}")
 
             def submit():
                 return ctx.service.queue.submit("extras", _upscale_work(ctx, grid.items[index], upscaler))
 
             def finish(item: ResultItem):
-                shown = Results(items=[item, *grid.items], request=grid.request, folder=grid.folder)
-                return show(results, shown), f"U{index + 1}: {item.image.width}x{item.image.height}"
+                # Shown large where the grid was, not as a fifth tile to scroll to; the grid stays below.
+                shown = Results(items=[item, *grid.items], selected=0, request=grid.request, folder=grid.folder)
+                return show(results, shown, open_selected=True), f"U{index + 1}: {item.image.width}x{item.image.height}"
 
             yield from stream_job(ctx, active, tab, request.session_hash or "", progress, submit, finish)
 
@@ -113,7 +114,7 @@ def wire_midjourney(ctx: UiContext, active: ActiveJobs, tab: str, mj: Midjourney
     def vary_handler(index: int):
         def handler(grid: Results | None, request: gr.Request):
             if grid is None or grid.request is None or index >= len(grid.items):
-                raise gr.Error("Make a Midjourney grid first.")
+                raise refusal("Make a Midjourney grid first.")
 
             def submit():
                 return ctx.service.submit(variation_request(ctx, grid, index))
@@ -130,10 +131,10 @@ def wire_midjourney(ctx: UiContext, active: ActiveJobs, tab: str, mj: Midjourney
         return handler
 
     for index, button in enumerate(mj.upscale):
-        button.click(upscale_handler(index), inputs=[mj.grid, mj.upscaler], outputs=outputs,
-                     show_progress="hidden", concurrency_limit=None)
+        cleared_on(button.click, progress).then(upscale_handler(index), inputs=[mj.grid, mj.upscaler],
+                                                outputs=outputs, show_progress="hidden", concurrency_limit=None)
     for index, button in enumerate(mj.vary):
-        button.click(vary_handler(index), inputs=[mj.grid], outputs=outputs, show_progress="hidden",
-                     concurrency_limit=None)
+        cleared_on(button.click, progress).then(vary_handler(index), inputs=[mj.grid], outputs=outputs,
+                                                show_progress="hidden", concurrency_limit=None)
 
 

@@ -13,25 +13,20 @@ from modules.generation_request import Txt2ImgRequest
 from modules.sampling.registry import sampler_names
 from modules.sampling.schedules import schedule_labels
 from modules.ui_tabs.common import Fields, UiContext
+from modules.ui_tabs.components import FieldSlider
+from modules.ui_tabs.field_bounds import field_limits
 
 DEFAULTS = Txt2ImgRequest()
 
 
-def _limits(name: str) -> tuple[float, float]:
-    """(ge, le) of a request field, so a control never offers a value the request would refuse."""
-    low = high = None
-    for rule in Txt2ImgRequest.model_fields[name].metadata:
-        low = getattr(rule, "ge", low)
-        high = getattr(rule, "le", high)
-    return low, high
-
-
-def _slider(fields: Fields, tab: str, name: str, label: str, step: float, value: float | None = None,
-            maximum: float | None = None, elem: str | None = None, **options) -> gr.Slider:
-    low, high = _limits(name)
-    return fields.add(name, gr.Slider(low, maximum or high, value=value if value is not None
-                                      else getattr(DEFAULTS, name), step=step, label=label,
-                                      elem_id=f"{tab}_{elem or name}", **options))
+def request_slider(fields: Fields, tab: str, name: str, label: str, step: float, value: float | None = None,
+                   elem: str | None = None, model: type[Txt2ImgRequest] = Txt2ImgRequest,
+                   minimum: float | None = None, **options) -> FieldSlider:
+    """A slider over the request field's own range; `minimum` only where the page encodes "unset" as 0."""
+    low, high = field_limits(model, name)
+    default = model.model_fields[name].default if value is None else value
+    return fields.add(name, FieldSlider(minimum=low if minimum is None else minimum, maximum=high, value=default,
+                                        step=step, label=label, elem_id=f"{tab}_{elem or name}", **options))
 
 
 def sampler_controls(fields: Fields, tab: str) -> None:
@@ -40,14 +35,14 @@ def sampler_controls(fields: Fields, tab: str) -> None:
                                                value=DEFAULTS.sampler_name, elem_id=f"{tab}_sampling"))
         fields.add("scheduler", gr.Dropdown(label="Schedule type", choices=schedule_labels(),
                                             value=DEFAULTS.scheduler, elem_id=f"{tab}_scheduler"))
-    _slider(fields, tab, "steps", "Sampling steps", 1)
+    request_slider(fields, tab, "steps", "Sampling steps", 1)
 
 
 def size_controls(fields: Fields, tab: str, size: int) -> gr.Button:
     with gr.Row(equal_height=True):
         with gr.Column(scale=4, min_width=200):
-            fields.add("width", gr.Slider(64, 2048, value=size, step=8, label="Width", elem_id=f"{tab}_width"))
-            fields.add("height", gr.Slider(64, 2048, value=size, step=8, label="Height", elem_id=f"{tab}_height"))
+            request_slider(fields, tab, "width", "Width", 8, value=size)
+            request_slider(fields, tab, "height", "Height", 8, value=size)
         swap = gr.Button("⇅", elem_id=f"{tab}_res_switch_btn", scale=0, min_width=44, elem_classes=["tool"])
     # In the browser: a swap needs no round trip to the server.
     swap.click(None, inputs=[fields["width"], fields["height"]], outputs=[fields["width"], fields["height"]],
@@ -57,9 +52,9 @@ def size_controls(fields: Fields, tab: str, size: int) -> gr.Button:
 
 def batch_controls(fields: Fields, tab: str) -> None:
     with gr.Row():
-        _slider(fields, tab, "n_iter", "Batch count", 1, elem="batch_count")
-        _slider(fields, tab, "batch_size", "Batch size", 1, maximum=8)  # AUTOMATIC1111's slider; the API allows 64
-    _slider(fields, tab, "cfg_scale", "CFG Scale", 0.5, value=DEFAULTS.cfg_scale, maximum=30)
+        request_slider(fields, tab, "n_iter", "Batch count", 1, elem="batch_count")
+        request_slider(fields, tab, "batch_size", "Batch size", 1)
+    request_slider(fields, tab, "cfg_scale", "CFG Scale", 0.5)
 
 
 def seed_controls(fields: Fields, tab: str) -> tuple[gr.Button, gr.Button]:
@@ -73,12 +68,10 @@ def seed_controls(fields: Fields, tab: str) -> tuple[gr.Button, gr.Button]:
         with gr.Row():
             fields.add("subseed", gr.Number(value=-1, label="Variation seed", precision=0,
                                             elem_id=f"{tab}_subseed"))
-            _slider(fields, tab, "subseed_strength", "Variation strength", 0.01)
+            request_slider(fields, tab, "subseed_strength", "Variation strength", 0.01)
         with gr.Row():
-            fields.add("seed_resize_from_w", gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
-                                                       elem_id=f"{tab}_seed_resize_from_w"))
-            fields.add("seed_resize_from_h", gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
-                                                       elem_id=f"{tab}_seed_resize_from_h"))
+            request_slider(fields, tab, "seed_resize_from_w", "Resize seed from width", 8, value=0, minimum=0)
+            request_slider(fields, tab, "seed_resize_from_h", "Resize seed from height", 8, value=0, minimum=0)
     extra.change(lambda on: gr.Group(visible=on), inputs=[extra], outputs=[extras], show_progress="hidden")
     random.click(None, outputs=[fields["seed"]], js="() => -1")
     return random, reuse
@@ -91,22 +84,21 @@ def hires_controls(fields: Fields, tab: str, ctx: UiContext) -> None:
             choices = [*upscalers.LATENT_MODES, "Lanczos", "Nearest", *ctx.manager.upscalers.names()]
             fields.add("hr_upscaler", gr.Dropdown(label="Upscaler", choices=choices, value=DEFAULTS.hr_upscaler,
                                                   elem_id=f"{tab}_hr_upscaler"))
-            _slider(fields, tab, "hr_second_pass_steps", "Hires steps", 1)
-            _slider(fields, tab, "denoising_strength", "Denoising strength", 0.01)
+            request_slider(fields, tab, "hr_second_pass_steps", "Hires steps", 1)
+            request_slider(fields, tab, "denoising_strength", "Denoising strength", 0.01)
         with gr.Row():
-            _slider(fields, tab, "hr_scale", "Upscale by", 0.05)
-            fields.add("hr_resize_x", gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
-                                                elem_id=f"{tab}_hr_resize_x"))
-            fields.add("hr_resize_y", gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
-                                                elem_id=f"{tab}_hr_resize_y"))
+            request_slider(fields, tab, "hr_scale", "Upscale by", 0.05)
+            request_slider(fields, tab, "hr_resize_x", "Resize width to", 8)
+            request_slider(fields, tab, "hr_resize_y", "Resize height to", 8)
 
 
 def request_fields(values: dict) -> dict:
-    """Control values as request fields: sliders give floats, and 0 means "unset" for seed resizing."""
+    """Control values as request fields: sliders give floats, and 0 means "unset" for seed resizing.
+    A fraction typed into a whole-number field stays, for the request to refuse by name."""
     fields = dict(values)
     for name in ("steps", "width", "height", "n_iter", "batch_size", "seed", "subseed", "hr_second_pass_steps",
                  "hr_resize_x", "hr_resize_y", "seed_resize_from_w", "seed_resize_from_h"):
-        if fields.get(name) is not None:
+        if isinstance(fields.get(name), float) and fields[name].is_integer():
             fields[name] = int(fields[name])
     for name in ("seed_resize_from_w", "seed_resize_from_h"):
         if fields.get(name) == 0:

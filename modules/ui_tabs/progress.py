@@ -27,13 +27,15 @@ POLL_SECONDS = 0.3
 @dataclass
 class ProgressView:
     html: str
-    preview: Image.Image | None  # None: keep what is shown
+    previews: list[Image.Image] | None  # one per image of the batch; None: keep what is shown
 
 
 @dataclass
 class ProgressArea:
     bar: gr.HTML
-    preview: gr.Image
+    # The results gallery: previews show in the tiles the images will fill, at their size, so
+    # nothing moves when the result replaces them.
+    preview: gr.Gallery
 
 
 class ActiveJobs:
@@ -54,11 +56,8 @@ class ActiveJobs:
         return job if job is not None and not job.done else None
 
 
-def build_progress_area(tab: str) -> ProgressArea:
-    bar = gr.HTML("", elem_id=f"{tab}_progress", elem_classes=["progress-area"], js_on_load=None)
-    preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id=f"{tab}_live_preview",
-                       show_label=False, height=256, buttons=[])
-    return ProgressArea(bar, preview)
+def build_progress_bar(tab: str) -> gr.HTML:
+    return gr.HTML("", elem_id=f"{tab}_progress", elem_classes=["progress-area"], js_on_load=None)
 
 
 def _seconds(value: float) -> str:
@@ -102,16 +101,18 @@ def preview_every(settings: Settings) -> int:
     return settings.show_progress_every_n_steps
 
 
-def _preview(job: Job, full_decode: object | None) -> Image.Image | None:
+def _previews(job: Job, full_decode: object | None) -> list[Image.Image] | None:
+    """A preview of each image of the batch being sampled, so the gallery shows as many as will come."""
     latent = job.progress.latest_latent
     if latent is None:
         return None
     if full_decode is not None:
         try:
-            return full_decode(latent[:1])[0]
+            return list(full_decode(latent))
         except Exception:  # a decode racing the end of the job: the cheap preview will do
             pass
-    return latent_preview(latent)
+    previews = [latent_preview(latent[i:i + 1]) for i in range(latent.shape[0])] if latent.ndim == 4 else []
+    return [preview for preview in previews if preview is not None] or None
 
 
 def follow(job: Job, queue: JobQueue, settings: Settings, full_decode=None,
@@ -123,12 +124,12 @@ def follow(job: Job, queue: JobQueue, settings: Settings, full_decode=None,
     job.add_done_callback(lambda _job: done.set())
     while not job.done:
         fraction, text = progress_text(job, queue, note())
-        preview = None
+        previews = None
         step = job.progress.step + job.progress.job_no * job.progress.steps
         if every and job.state == JobState.RUNNING and step != shown_step and step % every == 0:
-            preview = _preview(job, full_decode)
-            shown_step = step if preview is not None else shown_step
-        yield ProgressView(bar_html(fraction, text), preview)
+            previews = _previews(job, full_decode)
+            shown_step = step if previews is not None else shown_step
+        yield ProgressView(bar_html(fraction, text), previews)
         done.wait(POLL_SECONDS)
 
 
@@ -151,6 +152,13 @@ def full_decoder(settings: Settings, manager) -> object | None:
     return lambda latent: decode_latents(model, latent)
 
 
+def cleared_on(listener, area: ProgressArea):
+    """The bar emptied as soon as a new run is asked for (`listener`: an event such as `button.click`),
+    before the inputs are checked: an old "Done in 1.1s" beside a refusal would read as the new run's
+    outcome. Chain the run on the returned event with `.then`."""
+    return listener(lambda: "", outputs=[area.bar], show_progress="hidden", queue=False)
+
+
 def wire_controls(active: ActiveJobs, tab: str, interrupt: gr.Button, skip: gr.Button | None = None) -> None:
     def press(action: str, request: gr.Request) -> None:
         job = active.get(request.session_hash or "", tab)
@@ -170,6 +178,13 @@ def wire_controls(active: ActiveJobs, tab: str, interrupt: gr.Button, skip: gr.B
         skip.click(on_skip, show_progress="hidden", concurrency_limit=None)
 
 
+def preview_gallery(images: list[Image.Image]) -> gr.Gallery:
+    from modules.ui_tabs.results import gallery_columns
+
+    return gr.Gallery(value=[(image, None) for image in images], selected_index=None,
+                      columns=gallery_columns(len(images)))
+
+
 def stream_job(ctx, active: ActiveJobs, tab: str, session: str, area: ProgressArea, submit, finish):
     """Submit a job (`submit() -> Job`), show its progress, then the outputs `finish(result)` gives.
 
@@ -186,21 +201,24 @@ def stream_job(ctx, active: ActiveJobs, tab: str, session: str, area: ProgressAr
     active.start(session, tab, job)
     started = time.monotonic()
     decoder = full_decoder(ctx.settings.current, ctx.manager)
-    yield {area.bar: bar_html(0.0, "Queued…"), area.preview: gr.Image(value=None, visible=False)}
+    yield {area.bar: bar_html(0.0, "Queued…")}
+    previewed = False
     for view in follow(job, ctx.service.queue, ctx.settings.current, decoder, ctx.service.warmup_note):
         update = {area.bar: view.html}
-        if view.preview is not None:
-            update[area.preview] = gr.Image(value=view.preview, visible=True)
+        if view.previews:
+            update[area.preview] = preview_gallery(view.previews)
+            previewed = True
         yield update
     seconds = time.monotonic() - started
-    hide = gr.Image(value=None, visible=False)
+    # Previews of images that never came must not stay on show as if they were results.
+    unfinished = {area.preview: gr.Gallery(value=None)} if previewed else {}
     try:
         result = job.wait(0)
     except SamplingInterrupted:
-        yield {area.bar: bar_html(1.0, "Interrupted before any image was made", "interrupted"), area.preview: hide}
+        yield {area.bar: bar_html(1.0, "Interrupted before any image was made", "interrupted"), **unfinished}
         return
     except USER_ERRORS as e:
-        yield {area.bar: finished_html(job, seconds), area.preview: hide}
+        yield {area.bar: finished_html(job, seconds), **unfinished}
         raise user_error(e) from None
     outputs, note = finish(result)
-    yield {**outputs, area.bar: finished_html(job, seconds, note), area.preview: hide}
+    yield {**outputs, area.bar: finished_html(job, seconds, note)}

@@ -1,5 +1,5 @@
 """The prompt row of a generation tab: prompt and negative prompt with token counters, Generate,
-Interrupt, Skip, and the styles dropdown with apply."""
+Interrupt, Skip, and the styles dropdown with its editor (✎) and apply (⤵) buttons."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import gradio as gr
 
 from modules import styles as style_files
-from modules.ui_tabs.common import Fields, UiContext
+from modules.ui_tabs.common import Fields, UiContext, refusal
+from modules.ui_tabs.style_editor import StyleEditor, build_style_editor, style_names, wire_style_editor
 
 
 @dataclass
@@ -18,6 +19,8 @@ class PromptArea:
     interrupt: gr.Button
     skip: gr.Button
     apply_styles: gr.Button
+    edit_styles: gr.Button
+    style_editor: StyleEditor
     prompt_tokens: gr.Markdown
     negative_tokens: gr.Markdown
 
@@ -32,11 +35,6 @@ def prompt_token_count(model, text: str) -> tuple[int, int]:
     counts = [count_tokens(model, scheduled) for part in texts
               for scheduled in prompt_parser.schedule_for(part, 20, negative=True).distinct_texts()]
     return max(counts, key=lambda c: c[0])
-
-
-def style_names(ctx: UiContext) -> list[str]:
-    path = ctx.manager.paths.styles_file
-    return sorted(style_files.load_styles(path)) if path.is_file() else []
 
 
 def build_prompt_area(ctx: UiContext, tab: str) -> PromptArea:
@@ -61,9 +59,13 @@ def build_prompt_area(ctx: UiContext, tab: str) -> PromptArea:
                 fields.add("styles", gr.Dropdown(label="Styles", choices=style_names(ctx), value=[],
                                                  multiselect=True, elem_id=f"{tab}_styles", scale=4,
                                                  min_width=120))
-                apply_styles = gr.Button("✎", elem_id=f"{tab}_style_apply", scale=0, min_width=44,
+                edit_styles = gr.Button("✎", elem_id=f"{tab}_style_edit", scale=0, min_width=44,
+                                        elem_classes=["tool"])
+                apply_styles = gr.Button("⤵", elem_id=f"{tab}_style_apply", scale=0, min_width=44,
                                          elem_classes=["tool"])
-    area = PromptArea(fields, generate, interrupt, skip, apply_styles, prompt_tokens, negative_tokens)
+    editor = build_style_editor(ctx, tab)
+    area = PromptArea(fields, generate, interrupt, skip, apply_styles, edit_styles, editor, prompt_tokens,
+                      negative_tokens)
     wire_prompt_area(ctx, area)
     return area
 
@@ -89,8 +91,16 @@ def wire_prompt_area(ctx: UiContext, area: PromptArea) -> None:
         try:
             text, negative_text = style_files.apply_styles(text, negative_text, chosen or [], known)
         except style_files.UnknownStyleError as e:
-            raise gr.Error(str(e.args[0])) from None
+            raise refusal(str(e.args[0])) from None
         return text, negative_text, gr.Dropdown(value=[], choices=style_names(ctx))
 
     area.apply_styles.click(apply, inputs=[prompt, negative, area.fields["styles"]],
                             outputs=[prompt, negative, area.fields["styles"]], show_progress="hidden")
+
+
+def wire_style_editors(ctx: UiContext, areas: list[PromptArea]) -> None:
+    """Each tab's ✎ editor; a change made in one shows in the styles dropdown of every tab."""
+    dropdowns = [area.fields["styles"] for area in areas]
+    for area in areas:
+        wire_style_editor(ctx, area.style_editor, area.edit_styles, area.fields["styles"], area.fields["prompt"],
+                          area.fields["negative_prompt"], dropdowns)

@@ -62,8 +62,13 @@ def gallery_value(results: Results) -> list[tuple[Image.Image, str | None]]:
     return shown
 
 
+def gallery_columns(count: int) -> int:
+    """One image fills the gallery's width; more share it two to a row."""
+    return 1 if count <= 1 else 2
+
+
 def build_results(tab: str) -> ResultsArea:
-    gallery = gr.Gallery(label="Output", elem_id=f"{tab}_gallery", columns=2, height=520, format="png",
+    gallery = gr.Gallery(label="Output", elem_id=f"{tab}_gallery", columns=1, height=520, format="png",
                          object_fit="contain", preview=False, buttons=["download", "fullscreen"],
                          interactive=False, elem_classes=["results-gallery"])
     with gr.Row(elem_id=f"{tab}_results_actions", elem_classes=["results-actions"]):
@@ -92,10 +97,12 @@ def download_file(item: ResultItem | None) -> str | None:
     return processing_utils.save_pil_to_cache(image, utils.get_upload_folder(), name=name, format="png")
 
 
-def show(area: ResultsArea, results: Results, notes: str = "") -> dict:
-    """Outputs that display `results` with its selected image's parameters."""
+def show(area: ResultsArea, results: Results, notes: str = "", open_selected: bool = False) -> dict:
+    """Outputs that display `results` with its selected image's parameters; `open_selected` shows that
+    image large, with the others as thumbnails under it."""
     item = results.current()
-    return {area.gallery: gr.Gallery(value=gallery_value(results), selected_index=None),
+    return {area.gallery: gr.Gallery(value=gallery_value(results), columns=gallery_columns(len(results.items)),
+                                     selected_index=results.selected if open_selected else None),
             area.info: item.infotext if item else "", area.state: results,
             area.download: gr.DownloadButton(value=download_file(item)), area.notes: notes}
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from modules.generation_request import Img2ImgRequest
 from modules.ui_tabs.extras import ExtrasTab
-from modules.ui_tabs.img2img import Img2ImgTab
+from modules.ui_tabs.img2img import Img2ImgTab, mask_options_update
 from modules.ui_tabs.png_info import PngInfoTab, fields_from_infotext
 from modules.ui_tabs.results import ResultsArea
 from modules.ui_tabs.txt2img import Txt2ImgTab
@@ -26,7 +26,8 @@ class Targets:
 
 def _to_img2img(targets: Targets, image: Image.Image | None, infotext: str, mode: str) -> dict:
     inputs = targets.img2img.inputs
-    update = {targets.tabs: gr.Tabs(selected="img2img"), inputs.tabs: gr.Tabs(selected=mode), inputs.mode: mode}
+    update = {targets.tabs: gr.Tabs(selected="img2img"), inputs.tabs: gr.Tabs(selected=mode), inputs.mode: mode,
+              targets.img2img.mask_options: mask_options_update(mode)}
     if image is not None:
         update[inputs.inpaint if mode == "inpaint" else inputs.image] = image
     update.update(targets.img2img.fields.updates(fields_from_infotext(infotext, Img2ImgRequest)))
@@ -45,7 +46,7 @@ def _to_txt2img(targets: Targets, infotext: str) -> dict:
 
 def _img2img_outputs(targets: Targets) -> list:
     inputs = targets.img2img.inputs
-    return [targets.tabs, inputs.tabs, inputs.mode, inputs.image, inputs.inpaint,
+    return [targets.tabs, inputs.tabs, inputs.mode, inputs.image, inputs.inpaint, targets.img2img.mask_options,
             *targets.img2img.fields.components.values()]
 
 

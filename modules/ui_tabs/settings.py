@@ -12,12 +12,16 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from modules.settings_store import Settings
-from modules.ui_tabs.common import UiContext, validation_message
+from modules.ui_tabs.common import UiContext, refusal
+from modules.ui_tabs.field_bounds import field_limits
 
 # Shown in the bar above the tabs; a second control for the same setting here would fall out of step.
 IN_TOP_BAR = {"sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"}
 
 LABELS = {
+    "sd_model_checkpoint": "Stable Diffusion checkpoint",
+    "sd_vae": "SD VAE",
+    "CLIP_stop_at_last_layers": "Clip skip",
     "eta_noise_seed_delta": "Eta noise seed delta (ENSD; does not improve anything, just produces different results)",
     "randn_source": "Random number generator source",
     "samples_format": "File format for images",
@@ -45,22 +49,28 @@ class SettingsTab:
     result: gr.Markdown
 
 
-def _bounds(info: FieldInfo) -> tuple[float | None, float | None]:
-    low = high = None
-    for rule in info.metadata:
-        low = getattr(rule, "ge", low)
-        high = getattr(rule, "le", high)
-    return low, high
-
-
 def _literal_choices(annotation) -> list | None:
     if typing.get_origin(annotation) is typing.Literal:
         return list(typing.get_args(annotation))
     return None
 
 
+def label_of(key: str) -> str:
+    return LABELS.get(key, key.replace("_", " ").capitalize())
+
+
+def setting_message(error: ValidationError) -> str:
+    """Each problem named by the setting's label and key (the key is what the API calls it): a bare
+    "Input should be greater than or equal to 0" does not say which of twenty boxes is wrong."""
+    parts = []
+    for problem in error.errors():
+        key = str(problem["loc"][0]) if problem["loc"] else ""
+        parts.append(f"{label_of(key)} ({key}): {problem['msg']}" if key else problem["msg"])
+    return "; ".join(parts)
+
+
 def control_for(ctx: UiContext, key: str, info: FieldInfo, value) -> gr.components.Component:
-    label, elem_id = LABELS.get(key, key.replace("_", " ").capitalize()), f"setting_{key}"
+    label, elem_id = label_of(key), f"setting_{key}"
     if key == "face_restoration_model":
         choices = list(dict.fromkeys([*ctx.manager.face_restorers.names(), "CodeFormer", "GFPGAN"]))
         return gr.Dropdown(choices, value=value, label=label, elem_id=elem_id)
@@ -70,8 +80,11 @@ def control_for(ctx: UiContext, key: str, info: FieldInfo, value) -> gr.componen
     if info.annotation is bool:
         return gr.Checkbox(value=value, label=label, elem_id=elem_id)
     if info.annotation in (int, float):
-        low, high = _bounds(info)
-        return gr.Number(value=value, label=label, elem_id=elem_id, minimum=low, maximum=high,
+        # No minimum/maximum on the box: Gradio would refuse with its own words, which name no setting;
+        # the settings model says what is wrong and with which setting.
+        low, high = field_limits(Settings, key)
+        bounds = f"From {low} to {high}" if low is not None and high is not None else None
+        return gr.Number(value=value, label=label, elem_id=elem_id, info=bounds,
                          precision=0 if info.annotation is int else None)
     return gr.Textbox(value="" if value is None else str(value), label=label, elem_id=elem_id)
 
@@ -114,7 +127,7 @@ def wire_settings(ctx: UiContext, tab: SettingsTab) -> None:
         try:
             ctx.settings.update(changes)
         except ValidationError as e:
-            raise gr.Error(validation_message(e)) from None
+            raise refusal(setting_message(e)) from None
         return f"{len(changes)} setting{'s' if len(changes) != 1 else ''} changed: {', '.join(sorted(changes))}."
 
     tab.apply.click(apply, inputs=set(tab.controls.values()), outputs=[tab.result], show_progress="hidden")

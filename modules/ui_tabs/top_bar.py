@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gradio as gr
+from pydantic import ValidationError
 
 from modules import vae as vae_files
 from modules.model_manager import NoCheckpointError
-from modules.ui_tabs.common import USER_ERRORS, UiContext, checkpoint_titles, user_error
+from modules.ui_tabs.common import USER_ERRORS, UiContext, checkpoint_titles, refusal, user_error
+from modules.ui_tabs.settings import setting_message
 
 
 @dataclass
@@ -52,8 +54,9 @@ def build_top_bar(ctx: UiContext) -> TopBar:
                             elem_classes=["tool"])
         vae = gr.Dropdown(label="SD VAE", choices=vae_choices(ctx), value=settings.sd_vae, elem_id="sd_vae",
                           scale=2, min_width=160)
-        clip_skip = gr.Number(value=settings.CLIP_stop_at_last_layers, minimum=1, maximum=12, step=1, precision=0,
-                              label="Clip skip", elem_id="clip_skip", scale=1, min_width=110)
+        # No minimum/maximum: the settings model refuses a value out of range, naming the setting.
+        clip_skip = gr.Number(value=settings.CLIP_stop_at_last_layers, step=1, precision=0, label="Clip skip",
+                              elem_id="clip_skip", scale=1, min_width=110)
     status = gr.Markdown(status_text(ctx), elem_id="status")
     if ctx.manager.policy.compile:
         _warmup_status(ctx)
@@ -93,8 +96,12 @@ def wire_top_bar(ctx: UiContext, bar: TopBar) -> None:
     bar.vae.input(change_vae, inputs=[bar.vae], outputs=[bar.status], concurrency_limit=None)
 
     def change_clip_skip(value: float | None) -> None:
-        if value is not None and 1 <= value <= 12:
-            ctx.settings.update({"CLIP_stop_at_last_layers": int(value)})
+        if value is None:
+            return  # a box being retyped
+        try:
+            ctx.settings.update({"CLIP_stop_at_last_layers": value})
+        except ValidationError as e:
+            raise refusal(setting_message(e)) from None
 
     bar.clip_skip.input(change_clip_skip, inputs=[bar.clip_skip], show_progress="hidden", trigger_mode="always_last")
 

@@ -11,7 +11,8 @@ from modules.ui_tabs import params
 from modules.ui_tabs.common import Fields, UiContext, default_size
 from modules.ui_tabs.generation import notes_of, results_of
 from modules.ui_tabs.midjourney import MidjourneyControls, build_midjourney_controls, grid_request, wire_midjourney
-from modules.ui_tabs.progress import ActiveJobs, ProgressArea, build_progress_area, stream_job, wire_controls
+from modules.ui_tabs.progress import (ActiveJobs, ProgressArea, build_progress_bar, cleared_on, stream_job,
+                                     wire_controls)
 from modules.ui_tabs.prompt_area import PromptArea, build_prompt_area
 from modules.ui_tabs.results import ResultsArea, build_results, show, wire_results
 
@@ -44,9 +45,10 @@ def build_txt2img(ctx: UiContext, active: ActiveJobs) -> Txt2ImgTab:
                 midjourney_mode = gr.Checkbox(label="Midjourney grid (2×2, U/V buttons)", value=False,
                                               elem_id=f"{TAB}_midjourney")
         with gr.Column(scale=6, min_width=300, elem_id=f"{TAB}_results"):
-            progress = build_progress_area(TAB)
+            bar = build_progress_bar(TAB)
             midjourney = build_midjourney_controls(ctx, TAB, midjourney_mode)
             results = build_results(TAB)
+            progress = ProgressArea(bar, results.gallery)
     tab = Txt2ImgTab(prompt, prompt.fields.merge(fields), progress, results, midjourney, reuse)
     wire_txt2img(ctx, active, tab)
     return tab
@@ -59,7 +61,7 @@ def request_from(tab: Txt2ImgTab, values: dict) -> Txt2ImgRequest:
 
 def wire_txt2img(ctx: UiContext, active: ActiveJobs, tab: Txt2ImgTab) -> None:
     mj = tab.midjourney
-    outputs = [tab.progress.bar, tab.progress.preview, tab.results.gallery, tab.results.info, tab.results.state,
+    outputs = [tab.progress.bar, tab.results.gallery, tab.results.info, tab.results.state,
                tab.results.download, tab.results.notes, mj.row, mj.grid]
 
     def run(values: dict, request: gr.Request):
@@ -80,7 +82,8 @@ def wire_txt2img(ctx: UiContext, active: ActiveJobs, tab: Txt2ImgTab) -> None:
     inputs = tab.fields.inputs | {mj.mode}
     for trigger in (tab.prompt.generate.click, tab.prompt.fields["prompt"].submit):
         # The job queue orders the work; Gradio must not hold one user's click behind another's.
-        trigger(run, inputs=inputs, outputs=outputs, show_progress="hidden", concurrency_limit=None)
+        cleared_on(trigger, tab.progress).then(run, inputs=inputs, outputs=outputs, show_progress="hidden",
+                                               concurrency_limit=None)
     wire_controls(active, TAB, tab.prompt.interrupt, tab.prompt.skip)
     wire_results(ctx, tab.results)
     wire_midjourney(ctx, active, TAB, mj, tab.progress, tab.results)
