@@ -248,7 +248,9 @@ class JobQueue:
                 job.result = job.work(job)
                 job.state = JobState.DONE
             except BaseException as e:  # the job fails, the worker keeps serving
-                if not isinstance(e, (ValueError, SamplingInterrupted)):
+                if isinstance(e, ValueError):  # the request asked for something refused: the user's to fix
+                    log.info("Job %s (%s) refused: %s", job.id, job.kind, e)
+                elif not isinstance(e, SamplingInterrupted):
                     log.exception("Job %s (%s) failed", job.id, job.kind)
                 job.error = e
                 job.state = JobState.FAILED
@@ -281,6 +283,15 @@ class JobQueue:
             self._drop(job, JobCancelled(reason))
         job._finish()
         return True
+
+    def abandon(self, job: Job, why: str) -> None:
+        """Nobody waits for `job` any more (its client went away): drop it when queued, interrupt it
+        when running, so the device goes on to work someone still wants."""
+        if self.cancel(job, why):
+            log.info("Job %s (%s) dropped before it started: %s", job.id, job.kind, why)
+        elif not job.done:
+            job.interrupt()
+            log.info("Job %s (%s) interrupted: %s", job.id, job.kind, why)
 
     def _drop(self, job: Job, error: BaseException) -> None:
         """With the lock held: `job` leaves the queue unrun, kept a while for progress queries."""

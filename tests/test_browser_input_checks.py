@@ -147,6 +147,7 @@ def test_img2img_refuses_a_20000_pixel_square_as_the_api_does(page, server, tmp_
     expected = api_message(server, "img2img", {"prompt": "a red circle",
                                                "init_images": [base64.b64encode(bomb.read_bytes()).decode()]})
     assert wait_for_toast(page, "init_images.0: ") == expected
+    assert "larger than 16777216 pixels" in expected
     save_artifact(page, request.node.name, full_page=False)
     close_toasts(page)
     assert tracebacks(server) == before

@@ -91,7 +91,7 @@ def test_a_queued_job_whose_client_times_out_never_runs(server):
         progress = _progress(server)
         assert progress["state"]["job"] == running and progress["queued"] == 0  # the patient client's job goes on
         assert _progress(server, queued)["state"]["sampling_step"] == 0
-        assert f"Job {queued} (txt2img) dropped: its client went away before it started" in server.log()
+        assert f"Job {queued} (txt2img) dropped before it started: its client went away" in server.log()
     finally:
         patient.close()
     assert _wait_until(lambda: _idle(server), 15)
@@ -111,3 +111,21 @@ def test_keep_abandoned_jobs_finishes_them_as_automatic1111_does(tmp_path):
         requests.post(f"{server.url}/sdapi/v1/interrupt", params={"id_task": task}, timeout=10)
         assert _wait_until(lambda: _idle(server), 30)
         assert "client went away" not in server.log()
+
+
+def test_a_closed_page_takes_its_running_job_along(server):
+    from browser import chromium_page, open_ui, set_number
+
+    with chromium_page() as page:
+        open_ui(page, server.url)
+        page.locator("#txt2img_prompt textarea").fill("a long one from the page")
+        set_number(page, "txt2img_steps", 150)
+        set_number(page, "txt2img_batch_count", 100)
+        page.locator("#txt2img_generate").click()
+        assert _wait_until(lambda: _progress(server)["state"]["sampling_step"] > 0, 30), _progress(server)
+        task = _progress(server)["state"]["job"]
+    # The browser is gone: the page's job stops instead of keeping the device for its 100 batches.
+    assert _wait_until(lambda: _idle(server), 30), _progress(server)
+    assert _progress(server, task)["state"]["interrupted"]
+    assert f"Job {task} (txt2img) interrupted: its page was closed" in server.log()
+    assert _served_promptly(server) < 30

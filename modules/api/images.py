@@ -46,7 +46,13 @@ def _base64_payload(data: str, field: str) -> bytes:
 
 def decode_image(data: str, field: str) -> Image.Image:
     """A fully loaded image from base64; ImageFieldError for anything that is not a sane image."""
-    raw = _base64_payload(data, field)
+    return decode_image_bytes(_base64_payload(data, field), field)
+
+
+def decode_image_bytes(raw: bytes, field: str) -> Image.Image:
+    """A fully loaded image from a file's bytes (an upload), with the checks and words of `decode_image`."""
+    if len(raw) > MAX_IMAGE_BYTES:
+        raise ImageFieldError(field, f"image larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MiB")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -57,8 +63,10 @@ def decode_image(data: str, field: str) -> Image.Image:
             image.load()
     except ImageFieldError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning, EOFError) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow refuses far larger images while reading the header, before their size is known here.
+        raise ImageFieldError(field, f"image larger than {MAX_IMAGE_PIXELS} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageFieldError(field, f"not a readable image ({type(e).__name__})") from None
     if image.width < 1 or image.height < 1:
         raise ImageFieldError(field, "empty image")

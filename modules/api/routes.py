@@ -124,11 +124,7 @@ class Client:
             await asyncio.sleep(DISCONNECT_POLL_S)
 
     def abandon(self, job: Job) -> None:
-        if self.queue.cancel(job, "its client went away"):
-            log.info("Job %s (%s) dropped: its client went away before it started", job.id, job.kind)
-        elif not job.done:
-            job.interrupt()
-            log.info("Job %s (%s) interrupted: its client went away", job.id, job.kind)
+        self.queue.abandon(job, "its client went away")
 
 
 async def wait_for(job: Job, client: Client | None = None) -> Any:

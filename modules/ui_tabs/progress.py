@@ -203,12 +203,17 @@ def stream_job(ctx, active: ActiveJobs, tab: str, session: str, area: ProgressAr
     decoder = full_decoder(ctx.settings.current, ctx.manager)
     yield {area.bar: bar_html(0.0, "Queued…")}
     previewed = False
-    for view in follow(job, ctx.service.queue, ctx.settings.current, decoder, ctx.service.warmup_note):
-        update = {area.bar: view.html}
-        if view.previews:
-            update[area.preview] = preview_gallery(view.previews)
-            previewed = True
-        yield update
+    try:
+        for view in follow(job, ctx.service.queue, ctx.settings.current, decoder, ctx.service.warmup_note):
+            update = {area.bar: view.html}
+            if view.previews:
+                update[area.preview] = preview_gallery(view.previews)
+                previewed = True
+            yield update
+    except GeneratorExit:  # Gradio stops a handler whose page went away (closed, reloaded)
+        if not getattr(ctx.args, "keep_abandoned_jobs", False):
+            ctx.service.queue.abandon(job, "its page was closed")
+        raise
     seconds = time.monotonic() - started
     # Previews of images that never came must not stay on show as if they were results.
     unfinished = {area.preview: gr.Gallery(value=None)} if previewed else {}

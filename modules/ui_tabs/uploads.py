@@ -3,13 +3,12 @@
 Left to itself, Gradio opens an upload with PIL and a file that is not an image, or a
 decompression bomb, fails inside Gradio: a toast full of temporary paths and component lists and a
 traceback in the log. Decoded here, the page refuses the same files with the same words as the API
-does for the same field ("init_images.0: image of 20000x20000 pixels is larger than 16777216
-pixels"), as a refusal: one log line.
+does for the same field ("init_images.0: image larger than 16777216 pixels"), as a refusal: one
+log line.
 """
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 from PIL import Image
@@ -25,7 +24,10 @@ def decode_upload(path: str | Path, field: str) -> Image.Image:
     """The uploaded file as a loaded image; a gr.Error with the API's message for `field` otherwise."""
     with open(path, "rb") as file:
         raw = file.read(_READ_LIMIT)
-    return decode_data(base64.b64encode(raw).decode("ascii"), field)
+    try:
+        return api_images.decode_image_bytes(raw, field)
+    except api_images.ImageFieldError as e:
+        raise refusal(str(e)) from None
 
 
 def decode_data(data: str, field: str) -> Image.Image:
