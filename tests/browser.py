@@ -14,6 +14,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-quic", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+DESKTOP, PHONE = (1280, 900), (390, 844)
+# For a test that takes the `page` fixture below: run it at both widths.
+BOTH_WIDTHS = pytest.mark.parametrize("page", [DESKTOP, PHONE], ids=["desktop", "phone"], indirect=True)
 
 
 @contextmanager
@@ -33,6 +36,19 @@ def chromium_page(viewport=(1280, 900)):
             yield page
         finally:
             browser.close()
+
+
+@contextmanager
+def ui_page(url: str, name: str, viewport=DESKTOP):
+    """The page open on `url` at `viewport`; afterwards a screenshot `last_<name>` is kept and the page
+    must have had no script errors. The body of the browser tests' `page` fixtures."""
+    with chromium_page(viewport) as page:
+        open_ui(page, url)
+        try:
+            yield page
+        finally:
+            save_artifact(page, f"last_{name}")
+        assert page.errors == []
 
 
 def open_ui(page, url: str) -> None:

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from browser import (chromium_page, data_dir_with_embedded_model, open_tab, open_ui, rect, save_artifact,
-                     set_number, wait_for_toast)
+from browser import (BOTH_WIDTHS, DESKTOP, data_dir_with_embedded_model, open_tab, rect, save_artifact, set_number,
+                     ui_page, wait_for_toast)
 from server_process import ServerProcess
 
-DESKTOP, PHONE = (1280, 900), (390, 844)
-BOTH_WIDTHS = pytest.mark.parametrize("page", [DESKTOP, PHONE], ids=["desktop", "phone"], indirect=True)
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +23,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def page(server, request):
-    with chromium_page(getattr(request, "param", DESKTOP)) as page:
-        open_ui(page, server.url)
-        try:
-            yield page
-        finally:
-            save_artifact(page, f"last_{request.node.name}")
-        assert page.errors == []
+    with ui_page(server.url, request.node.name, getattr(request, "param", DESKTOP)) as page:
+        yield page
 
 
 def generate(page, tab: str = "txt2img", seed: int | None = None) -> str:

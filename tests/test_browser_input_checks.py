@@ -12,8 +12,8 @@ import zlib
 import pytest
 import requests
 
-from browser import (chromium_page, close_toasts, data_dir_with_embedded_model, open_tab, open_ui, save_artifact,
-                     set_number, wait_for_toast)
+from browser import (BOTH_WIDTHS, DESKTOP, close_toasts, data_dir_with_embedded_model, open_tab, save_artifact,
+                     set_number, ui_page, wait_for_toast)
 from server_process import ServerProcess
 
 
@@ -24,19 +24,12 @@ def server(tmp_path_factory):
         yield running
 
 
-DESKTOP, PHONE = (1280, 900), (390, 844)
-BOTH_WIDTHS = pytest.mark.parametrize("page", [DESKTOP, PHONE], ids=["desktop", "phone"], indirect=True)
 
 
 @pytest.fixture
 def page(server, request):
-    with chromium_page(getattr(request, "param", DESKTOP)) as page:
-        open_ui(page, server.url)
-        try:
-            yield page
-        finally:
-            save_artifact(page, f"last_{request.node.name}")
-        assert page.errors == []
+    with ui_page(server.url, request.node.name, getattr(request, "param", DESKTOP)) as page:
+        yield page
 
 
 def api_message(server, route: str, body: dict) -> str:

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from browser import chromium_page, data_dir_with_embedded_model, open_tab, open_ui, rect, save_artifact, set_number
+from browser import PHONE, data_dir_with_embedded_model, open_tab, rect, save_artifact, set_number, ui_page
 from server_process import ServerProcess
 
-PHONE = (390, 844)
 TABS = ["tab_txt2img", "tab_img2img", "tab_extras", "tab_pnginfo", "tab_settings"]
 
 
@@ -22,13 +21,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def page(server, request):
-    with chromium_page(PHONE) as page:
-        open_ui(page, server.url)
-        try:
-            yield page
-        finally:
-            save_artifact(page, f"last_{request.node.name}")
-        assert page.errors == []
+    with ui_page(server.url, request.node.name, PHONE) as page:
+        yield page
 
 
 def test_every_tab_is_on_screen_without_a_hidden_menu(page):

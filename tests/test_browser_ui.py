@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from browser import (choose, chromium_page, data_dir_with_embedded_model, open_tab, open_ui, save_artifact,
-                     set_number)
+from browser import (choose, data_dir_with_embedded_model, open_tab, open_ui, save_artifact,
+                     set_number, ui_page)
 from server_process import ServerProcess
 
 
@@ -25,13 +25,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def page(server, request):
-    with chromium_page((1280, 900)) as page:
-        open_ui(page, server.url)
-        try:
-            yield page
-        finally:
-            save_artifact(page, f"last_{request.node.name}")  # what the page showed, also after a failure
-        assert page.errors == []
+    with ui_page(server.url, request.node.name) as page:
+        yield page
 
 
 def wait_for_info(page, tab: str, text: str, timeout: float = 90_000) -> str:

@@ -4,7 +4,6 @@ finishing them. Real servers over HTTP; the clients close their connections as a
 
 import http.client
 import json
-import threading
 import time
 
 import pytest

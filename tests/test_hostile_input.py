@@ -20,9 +20,6 @@ from PIL import Image
 
 from server_process import ServerProcess
 
-TINY_PNG = None
-
-
 def _tiny_png() -> str:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 40, 40)).save(buffer, "PNG")
