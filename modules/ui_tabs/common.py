@@ -20,6 +20,7 @@ from modules.job_queue import QueueFullError
 from modules.model_manager import ModelManager, NoCheckpointError
 from modules.safe_load import ModelFileError
 from modules.settings_store import SettingsStore
+from modules.short_errors import short_message
 
 log = logging.getLogger("ui")
 
@@ -78,7 +79,9 @@ def validation_message(error: ValidationError) -> str:
 
 def refusal(message: str) -> gr.Error:
     """A gr.Error to raise for input the user can correct: one log line, no traceback (Gradio prints
-    one for every gr.Error unless told not to, and a log full of them hides the real failures)."""
+    one for every gr.Error unless told not to, and a log full of them hides the real failures). Long
+    quoted values are cut, as in the API's answers."""
+    message = short_message(message)
     log.info("Refused: %s", message)
     return gr.Error(message, print_exception=False)
 
