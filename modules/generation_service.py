@@ -59,6 +59,15 @@ def apply_settings(request: Txt2ImgRequest, settings: Settings) -> Txt2ImgReques
     return request.model_copy(update=update)
 
 
+def sized_for(request: Txt2ImgRequest, native_size: int | None) -> Txt2ImgRequest:
+    """A side the request leaves out is the checkpoint's native size (512 for SD 1.x, 1024 for SDXL,
+    128 for the embedded model), as a client that sends no size expects of whatever model runs."""
+    unset = {"width", "height"} - request.model_fields_set
+    if not unset or native_size is None:
+        return request
+    return request.model_copy(update={side: native_size for side in unset})
+
+
 def expected_progress(request: Txt2ImgRequest) -> tuple[int, int]:
     """(sampling passes, steps per pass) the job will report, for progress before its first step."""
     passes = request.n_iter * (2 if request.enable_hr else 1)
@@ -181,10 +190,11 @@ class GenerationService:
         or too much work (RequestTooLargeError) raise here, before anything is queued."""
         settings = self.job_settings(overrides)
         info = self.checkpoint_for(settings, checkpoint)
-        request = apply_settings(self._sized_for(request, info), settings)
+        native = self.manager.native_size(info)  # read from the file's header; None if it cannot be read
+        request = apply_settings(sized_for(request, native), settings)
         # As it will run: `--w 2048 --ar 1:1` in a prompt changes the size; bad parameters are refused now.
-        native = self.manager.native_size(info) or request.width
-        check_work(prepare_request(request, native, self.manager.paths.styles_file), self.max_request_work)
+        check_work(prepare_request(request, native or request.width, self.manager.paths.styles_file),
+                   self.max_request_work)
         kind = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
         outputs = self.outputs_dir if save else None
         passes, steps = expected_progress(request)
@@ -203,14 +213,6 @@ class GenerationService:
             return Generated(result, request, model.checkpoint, model.vae_name, job.interrupted, timestamp, settings)
 
         return self.queue.submit(kind, work, job_id=job_id, owner=owner, job_count=passes, steps=steps)
-
-    def _sized_for(self, request: Txt2ImgRequest, checkpoint: CheckpointInfo) -> Txt2ImgRequest:
-        """A side the request leaves out is the checkpoint's native size (512 for SD 1.x, 1024 for SDXL,
-        128 for the embedded model), as a client that sends no size expects of whatever model runs."""
-        unset = {"width", "height"} - request.model_fields_set
-        if not unset or (native := self.manager.native_size(checkpoint)) is None:
-            return request
-        return request.model_copy(update={side: native for side in unset})
 
     def txt2img(self, request: Txt2ImgRequest, checkpoint: str | None = None) -> GenerationResult:
         """Queue and wait (the UI's path)."""

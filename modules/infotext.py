@@ -83,18 +83,26 @@ def _split_prompt_lines(lines: list[str]) -> tuple[str, str]:
     return "\n".join(prompt), "\n".join(negative)
 
 
-def parse_generation_parameters(text: str) -> dict[str, object]:
-    """AUTOMATIC1111's parse_generation_parameters: the prompt, the negative prompt and every
-    `key: value` of the last line (if it has at least three), `WxH` values split into `key-1`/`key-2`,
-    and the defaults above for keys the text does not carry."""
+def infotext_entries(text: str) -> dict[str, str]:
+    """What an infotext holds, as written: `Prompt`, `Negative prompt` (when not empty) and every
+    `key: value` of the last line (if it has at least three), quoted values unquoted."""
     *lines, last = text.strip().split("\n")
     if len(_RE_PARAM.findall(last)) < 3:
         lines.append(last)
         last = ""
-    result: dict[str, object] = {}
-    result["Prompt"], result["Negative prompt"] = _split_prompt_lines(lines)
+    prompt, negative = _split_prompt_lines(lines)
+    entries = {"Prompt": prompt, **({"Negative prompt": negative} if negative else {})}
     for key, value in _RE_PARAM.findall(last):
-        value = unquote(value) if value[:1] == '"' and value[-1:] == '"' else value
+        entries[key] = unquote(value) if value[:1] == '"' and value[-1:] == '"' else value
+    return entries
+
+
+def parse_generation_parameters(text: str) -> dict[str, object]:
+    """AUTOMATIC1111's parse_generation_parameters: the infotext's entries with `WxH` values split into
+    `key-1`/`key-2`, and the defaults above for keys the text does not carry."""
+    entries = infotext_entries(text)
+    result: dict[str, object] = {"Prompt": entries.pop("Prompt"), "Negative prompt": entries.pop("Negative prompt", "")}
+    for key, value in entries.items():
         size = _RE_IMAGESIZE.match(value)
         if size is not None:
             result[f"{key}-1"], result[f"{key}-2"] = size.group(1), size.group(2)

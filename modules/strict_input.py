@@ -18,6 +18,8 @@ class LoneSurrogateError(ValueError):
 
 
 def _is_encodable(text: str) -> bool:
+    if text.isascii():  # known without a scan: base64 images, most prompts
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -27,7 +27,7 @@ def page(server, request):
         yield page
 
 
-def generate(page, tab: str = "txt2img", seed: int | None = None) -> str:
+def generate(page, tab: str = "txt2img") -> str:
     page.locator(f"#{tab}_generate").click()
     page.wait_for_function(f"document.querySelector('#{tab}_progress').innerText.includes('Done in')",
                            timeout=90_000)

@@ -79,18 +79,13 @@ def face_restorers(manager) -> list[dict[str, Any]]:
     return items
 
 
-def _styles(manager) -> dict[str, styles.PromptStyle]:
-    path = manager.paths.styles_file
-    return styles.load_styles(path) if path.is_file() else {}
-
-
 def prompt_styles(manager) -> list[dict[str, str]]:
     return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
-            for s in _styles(manager).values()]
+            for s in styles.load_styles(manager.paths.styles_file).values()]
 
 
 def style_names(manager) -> list[str]:
-    return list(_styles(manager))
+    return list(styles.load_styles(manager.paths.styles_file))
 
 
 def embeddings(manager) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from modules.generation_request import Txt2ImgRequest
 from modules.image_saving import read_parameters
-from modules.infotext import parse_generation_parameters, request_fields_from_infotext
+from modules.infotext import infotext_entries, request_fields_from_infotext
 from modules.ui_tabs.components import CheckedImage
 
 
@@ -53,38 +53,12 @@ def text_chunks_html(image: Image.Image) -> str:
             for k, v in image.info.items() if isinstance(v, str) and k != "parameters"]
     parameters = read_parameters(image)
     if parameters:
-        rows = [f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>"
-                for k, v in _sizes_joined(parameters_held(parameters)).items()] + rows
+        # What the file says, not the defaults a paste would fill in ("FP8 weight: Disable").
+        rows = [f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>"
+                for k, v in infotext_entries(parameters).items()] + rows
     if not rows:
         return "<p class='pnginfo-empty'>This image carries no generation parameters.</p>"
     return f"<dl class='pnginfo'>{''.join(rows)}</dl>"
-
-
-def parameters_held(text: str) -> dict[str, object]:
-    """The parsed infotext without the defaults the parser adds for keys the text lacks (AUTOMATIC1111
-    fills them in for pasting; listed here they would claim the file says "FP8 weight: Disable")."""
-    parsed, defaults = parse_generation_parameters(text), parse_generation_parameters("")
-    settings_line = text.strip().rsplit("\n", 1)[-1]
-
-    def held(key: str, value: object) -> bool:
-        if key not in defaults or value != defaults[key]:
-            return True  # in the text, or worked out from it (`DPM++ 2M Karras` -> Schedule type: Karras)
-        name = key[:-2] if key.endswith(("-1", "-2")) else key  # `Size: 128x96` is parsed as Size-1, Size-2
-        return key not in ("Prompt", "Negative prompt") and f"{name}: " in settings_line
-
-    return {key: value for key, value in parsed.items() if held(key, value)}
-
-
-def _sizes_joined(parsed: dict[str, object]) -> dict[str, object]:
-    """`Size-1`, `Size-2` shown as the file writes them: `Size: 128x96`."""
-    shown: dict[str, object] = {}
-    for key, value in parsed.items():
-        base = key[:-2]
-        if key.endswith("-1") and f"{base}-2" in parsed:
-            shown[base] = f"{value}x{parsed[f'{base}-2']}"
-        elif not (key.endswith("-2") and f"{base}-1" in parsed):
-            shown[key] = value
-    return shown
 
 
 def read_image(image: Image.Image | None) -> tuple[str, str]:

@@ -86,8 +86,7 @@ def wire_prompt_area(ctx: UiContext, area: PromptArea) -> None:
 
     def apply(text: str, negative_text: str, chosen: list[str]):
         """Write the chosen styles into the prompts and clear the choice, so they apply only once."""
-        path = ctx.manager.paths.styles_file
-        known = style_files.load_styles(path) if path.is_file() else {}
+        known = style_files.load_styles(ctx.manager.paths.styles_file)
         try:
             text, negative_text = style_files.apply_styles(text, negative_text, chosen or [], known)
         except style_files.UnknownStyleError as e:

@@ -36,8 +36,7 @@ def style_names(ctx: UiContext) -> list[str]:
 
 
 def _load(ctx: UiContext) -> dict[str, style_files.PromptStyle]:
-    path = ctx.manager.paths.styles_file
-    return style_files.load_styles(path) if path.is_file() else {}
+    return style_files.load_styles(ctx.manager.paths.styles_file)
 
 
 def build_style_editor(ctx: UiContext, tab: str) -> StyleEditor:
