@@ -10,7 +10,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from modules import cmd_args, launch_utils
+from modules.app import cmd_args
+from modules.app import launch_utils
 
 
 def main(argv: Sequence[str] | None = None) -> int | None:

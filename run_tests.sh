@@ -77,8 +77,8 @@ python="$venv_dir/bin/python"
 require_supported_python "$python" 0
 
 # pip runs only when requirements-test.txt is not satisfied.
-"$python" -m modules.launch_utils requirements-test.txt || exit 1
-"$python" -m modules.launch_utils --no-deps requirements-nodeps.txt || exit 1
+"$python" -m modules.app.launch_utils requirements-test.txt || exit 1
+"$python" -m modules.app.launch_utils --no-deps requirements-nodeps.txt || exit 1
 # The real RealESRGAN x4plus weights, converted from the ncnn package once (launch.py does the same).
 "$python" tools/convert_realesrgan_ncnn.py || exit 1
 

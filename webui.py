@@ -14,11 +14,11 @@ def create_app(args, manager, paths, settings=None):
     UI and API submit to one job queue, which owns the device."""
     from fastapi import FastAPI
 
-    from modules.http_guard import HttpGuard
+    from modules.app.http_guard import HttpGuard
 
-    from modules.generation_service import GenerationService
-    from modules.job_queue import JobQueue
-    from modules.settings_store import SettingsStore
+    from modules.service.generation_service import GenerationService
+    from modules.service.job_queue import JobQueue
+    from modules.service.settings_store import SettingsStore
 
     settings = settings or SettingsStore(paths.config_file, paths.data_dir / "tmp")
     queue = JobQueue(max_queued=max(1, args.queue_size))
@@ -28,14 +28,14 @@ def create_app(args, manager, paths, settings=None):
                   openapi_url="/openapi.json" if with_api else None, redoc_url=None)
     app.state.service = service
     if with_api:
-        from modules.api.auth import parse_credentials
-        from modules.api.routes import ApiContext, create_api_router
+        from modules.app.api.auth import parse_credentials
+        from modules.app.api.routes import ApiContext, create_api_router
 
         app.include_router(create_api_router(ApiContext(service, args, parse_credentials(args.api_auth))))
     if not args.nowebui:
         import gradio as gr
 
-        from modules.ui import build_ui
+        from modules.app.ui.page import build_ui
 
         app = gr.mount_gradio_app(app, build_ui(service, args), path="/")
     install_short_validation_errors(app)
@@ -58,8 +58,8 @@ def _split_list(value: str | None) -> list[str]:
 
 def guard_config(args):
     """The checks every request passes (modules/http_guard.py), from the command line."""
-    from modules.api.auth import parse_credentials
-    from modules.http_guard import GuardConfig, host_names_for
+    from modules.app.api.auth import parse_credentials
+    from modules.app.http_guard import GuardConfig, host_names_for
 
     return GuardConfig(
         allowed_hosts=host_names_for(args.server_name, args.listen, _split_list(args.allowed_hosts)),
@@ -74,8 +74,8 @@ def max_body_bytes(args) -> int | None:
     a mask, each at the per-image byte cap in base64, and the other fields. None: no cap."""
     if args.max_body_size is not None:
         return args.max_body_size * MIB or None
-    from modules.api.images import MAX_IMAGE_BYTES
-    from modules.api.models import MAX_IMAGES_PER_REQUEST
+    from modules.app.api.images import MAX_IMAGE_BYTES
+    from modules.app.api.models import MAX_IMAGES_PER_REQUEST
 
     base64_image = (MAX_IMAGE_BYTES + 2) // 3 * 4
     return (MAX_IMAGES_PER_REQUEST + 1) * base64_image + 16 * MIB
@@ -88,7 +88,7 @@ def install_short_validation_errors(app) -> None:
     from fastapi.responses import JSONResponse
     from starlette.routing import Mount
 
-    from modules.short_errors import short_validation_errors
+    from modules.app.short_errors import short_validation_errors
 
     async def answer(request, error: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": jsonable_encoder(short_validation_errors(error.errors()))}, status_code=422)
@@ -128,8 +128,8 @@ def _remove_partial_saves(temp_dir) -> None:
 
 def _preload(service) -> None:
     """Load the start-up model as the queue's first job, so it never races a generation."""
-    from modules.model_manager import NoCheckpointError, UnknownCheckpointError
-    from modules.safe_load import ModelFileError
+    from modules.service.model_manager import NoCheckpointError, UnknownCheckpointError
+    from modules.models.safe_load import ModelFileError
 
     log = logging.getLogger("webui")
     try:
@@ -152,8 +152,8 @@ def _preload(service) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from modules.cmd_args import parse_args
-    from modules.launch_utils import set_offline_environment
+    from modules.app.cmd_args import parse_args
+    from modules.app.launch_utils import set_offline_environment
 
     set_offline_environment(os.environ)  # no code path may reach a model hub or send telemetry
 
@@ -164,11 +164,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    from modules.api.auth import parse_credentials
-    from modules.devices import DevicePolicy
-    from modules.model_manager import ModelManager
-    from modules.paths import Paths
-    from modules.settings_store import SettingsStore
+    from modules.app.api.auth import parse_credentials
+    from modules.models.devices import DevicePolicy
+    from modules.service.model_manager import ModelManager
+    from modules.io.paths import Paths
+    from modules.service.settings_store import SettingsStore
 
     try:
         parse_credentials(args.api_auth)

@@ -40,12 +40,12 @@ def main() -> None:
 
     import torch
 
-    from modules.cmd_args import parse_args
-    from modules.devices import DevicePolicy
-    from modules.generation_request import Txt2ImgRequest
-    from modules.model_manager import ModelManager
-    from modules.paths import Paths
-    from modules.processing import txt2img
+    from modules.app.cmd_args import parse_args
+    from modules.models.devices import DevicePolicy
+    from modules.io.generation_request import Txt2ImgRequest
+    from modules.service.model_manager import ModelManager
+    from modules.io.paths import Paths
+    from modules.pipeline.processing import txt2img
 
     paths = Paths.from_args(parse_args(["--data-dir", str(ROOT)], environ={}))
     manager = ModelManager(paths, DevicePolicy.cpu(), hash_files=False)

@@ -40,7 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from modules import ldm_layout  # noqa: E402
+from modules.models import ldm_layout  # noqa: E402
 
 PROMPT = "a photograph of an astronaut riding a horse, detailed, 8k"
 NEGATIVE = "blurry, low quality"
@@ -117,9 +117,9 @@ def write_checkpoint(family: str, folder: Path, device: str, tiny: bool) -> Path
 
 
 def load_ours(path: Path, device: torch.device, policy=None):
-    from modules.checkpoints import list_checkpoints
-    from modules.devices import DevicePolicy
-    from modules.sd_loader import load_checkpoint
+    from modules.models.checkpoints import list_checkpoints
+    from modules.models.devices import DevicePolicy
+    from modules.models.sd_loader import load_checkpoint
 
     half = torch.float16 if device.type == "cuda" else torch.float32
     policy = policy or DevicePolicy(device, half, half, half)
@@ -130,8 +130,8 @@ def load_ours(path: Path, device: torch.device, policy=None):
 def use_compile_settings(text: str | None) -> None:
     """Run --compile with another acceleration variant (modules/acceleration.py) than the application's."""
     if text:
-        from modules import sd_model
-        from modules.acceleration import Acceleration
+        from modules.models import sd_model
+        from modules.accel.acceleration import Acceleration
 
         sd_model.COMPILE_SETTINGS = Acceleration.parse(text)
 
@@ -172,7 +172,7 @@ def peak_memory(record: dict, key: str = "peak_vram_gib"):
 
 
 def ours_request(case: Case, seed: int, batch: int = 1):
-    from modules.generation_request import Txt2ImgRequest
+    from modules.io.generation_request import Txt2ImgRequest
 
     fields = dict(prompt=PROMPT, negative_prompt=NEGATIVE, steps=case.steps, cfg_scale=7.5, width=case.size,
                   height=case.size, seed=seed, sampler_name="Euler", batch_size=batch)
@@ -180,7 +180,7 @@ def ours_request(case: Case, seed: int, batch: int = 1):
 
 
 def run_ours(model, case: Case, outputs: Path, batch: int = 1):
-    from modules.processing import Resources, txt2img
+    from modules.pipeline.processing import Resources, txt2img
 
     def call(i: int):
         return txt2img(model, ours_request(case, 1000 + i, batch), outputs, None, Resources())
@@ -294,7 +294,7 @@ def wait_for_warmups(model, timeout: float = 300) -> dict:
 
 def warm_up(model, report: Report, case: Case, label: str) -> None:
     """Time from asking for the fast path to having it: the 1-step warm-up image and the compilations."""
-    from modules.generation_service import start_warm_up
+    from modules.service.generation_service import start_warm_up
 
     started = time.perf_counter()
     start_warm_up(model)
@@ -406,7 +406,7 @@ def bench_case(case: Case, report: Report, work: Path, args) -> None:
 def stage_breakdown(model, case: Case, report: Report, outputs: Path, label: str, runs: int = 3) -> None:
     """Seconds per stage of one image (each stage synchronised, so they add up to a little more than
     the pipelined end-to-end time): where the time outside the UNet goes."""
-    from modules import processing
+    from modules.pipeline import processing
 
     stages = {"encode prompts": "encode_conditioning", "sample": "sample_latents", "VAE decode": "decode_latents",
               "PNG + save": "_collect"}
@@ -437,7 +437,7 @@ def stage_breakdown(model, case: Case, report: Report, outputs: Path, label: str
 def bench_low_memory(case: Case, path: Path, report: Report, outputs: Path, args) -> None:
     """--lowvram: peak allocated memory and speed. Another model may be loaded in the same process, so
     memory is counted above what was allocated before this one was loaded."""
-    from modules.devices import DevicePolicy
+    from modules.models.devices import DevicePolicy
 
     sync()
     before = torch.cuda.memory_allocated()
@@ -460,10 +460,10 @@ def bench_model_switches(report: Report, work: Path, args) -> None:
 
     import psutil
 
-    from modules.cmd_args import parse_args
-    from modules.devices import DevicePolicy
-    from modules.model_manager import ModelManager
-    from modules.paths import Paths
+    from modules.app.cmd_args import parse_args
+    from modules.models.devices import DevicePolicy
+    from modules.service.model_manager import ModelManager
+    from modules.io.paths import Paths
 
     cuda = not args.tiny
     folder = work / "switch" / "models" / "Stable-diffusion"

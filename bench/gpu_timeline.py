@@ -119,7 +119,7 @@ def profiled_image(model, case: Case, outputs: Path) -> dict:
     """One image under the profiler, each stage marked; the summary of its trace."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from modules import processing
+    from modules.pipeline import processing
 
     originals = {name: getattr(processing, attr) for name, attr in STAGES.items()}
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = write_checkpoint(case.family, Path(work), device.type, args.tiny)
         pool = None
         if args.helpers_at_load and "compile" in args.paths:  # as the application's model manager does
-            from modules import compile_helpers
+            from modules.accel import compile_helpers
 
             pool = compile_helpers.pool_for_load(device, args.helpers, checkpoint.stat().st_size)
         started = time.perf_counter()
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  compile=path == "compile", compile_helpers=args.helpers))
             started = time.perf_counter()
             if path == "compile":
-                from modules.generation_service import start_warm_up
+                from modules.service.generation_service import start_warm_up
 
                 cpu_before = cpu_seconds()
                 start_warm_up(model)

@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import torch  # noqa: E402
 
 from gpu_speed import CLIP_L, SD15_UNET, SDXL_UNET, VAE, Report  # noqa: E402
-from modules.acceleration import Acceleration, applied  # noqa: E402
-from modules.cuda_graphs import CudaGraphRunner  # noqa: E402
+from modules.accel.acceleration import Acceleration, applied  # noqa: E402
+from modules.accel.cuda_graphs import CudaGraphRunner  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 
@@ -281,7 +281,7 @@ def bench_png(report: Report) -> None:
     import numpy as np
     from PIL import Image
 
-    from modules import png_encoding
+    from modules.io import png_encoding
 
     rng = np.random.default_rng(0)
     for size in (512, 1024):
@@ -305,7 +305,7 @@ def bench_png(report: Report) -> None:
 
 def _atomic_write_ms(image, data: bytes) -> float:
     """Median milliseconds of writing already-encoded bytes the way saved images are written."""
-    from modules.image_saving import write_image_atomic
+    from modules.io.image_saving import write_image_atomic
 
     times = []
     with tempfile.TemporaryDirectory(dir=ROOT) as folder:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from server_process import ServerProcess  # noqa: E402
-from modules.infotext import parse_generation_parameters  # noqa: E402
+from modules.io.infotext import parse_generation_parameters  # noqa: E402
 
 LOGIN = ("load", "load-test-password")
 BODY = {"width": 64, "height": 64, "steps": 1, "sampler_name": "Euler", "cfg_scale": 5}

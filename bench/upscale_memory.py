@@ -31,7 +31,7 @@ def measure(upscaler: str, source: int, target: int) -> dict:
     import torch
     from PIL import Image
 
-    from modules.upscaler_models import UpscalerRegistry
+    from modules.postprocess.upscaler_models import UpscalerRegistry
 
     models_dir = ROOT / "models"
     registry = UpscalerRegistry({"ESRGAN": [models_dir / "ESRGAN"], "RealESRGAN": [models_dir / "RealESRGAN"]})

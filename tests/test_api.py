@@ -12,7 +12,7 @@ import requests
 import webuiapi
 from PIL import Image
 
-from modules.infotext import parse_generation_parameters
+from modules.io.infotext import parse_generation_parameters
 from server_process import ROOT, ServerProcess
 
 CHECKPOINTS = ROOT / "models" / "Stable-diffusion"

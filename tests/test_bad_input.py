@@ -5,11 +5,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from modules.cmd_args import parse_args
-from modules.devices import DevicePolicy
-from modules.model_manager import ModelManager, NoCheckpointError
-from modules.paths import Paths
-from modules.safe_load import ModelFileError, UnsafeModelFileError
+from modules.app.cmd_args import parse_args
+from modules.models.devices import DevicePolicy
+from modules.service.model_manager import ModelManager, NoCheckpointError
+from modules.io.paths import Paths
+from modules.models.safe_load import ModelFileError, UnsafeModelFileError
 from pickle_payloads import WritesCanary
 from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
 

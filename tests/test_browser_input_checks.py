@@ -68,7 +68,7 @@ def test_typed_value_out_of_range_is_refused_with_the_apis_words(page, server, f
 
 
 def test_prompt_longer_than_the_apis_limit_is_refused(page, server):
-    from modules.generation_request import MAX_PROMPT_CHARS
+    from modules.io.generation_request import MAX_PROMPT_CHARS
 
     page.locator("#txt2img_prompt textarea").fill("x" * (MAX_PROMPT_CHARS + 1))
     page.locator("#txt2img_generate").click()

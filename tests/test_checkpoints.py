@@ -6,8 +6,8 @@ import os
 import safetensors.torch
 import torch
 
-from modules.checkpoints import find_checkpoint, list_checkpoints
-from modules.hashes import HashCache
+from modules.models.checkpoints import find_checkpoint, list_checkpoints
+from modules.models.hashes import HashCache
 
 
 def _write(path, value=0.0):

@@ -15,7 +15,7 @@ def test_cli_txt2img_writes_png_with_parameters(tmp_path):
     save_checkpoint(tiny_original_state_dict("sd1"), folder / "tiny.safetensors")
     (folder / "tiny.yaml").write_text(tiny_ldm_yaml("sd1"))
 
-    run = subprocess.run([sys.executable, "-m", "modules.cli", "--data-dir", str(tmp_path), "--prompt", "a cat",
+    run = subprocess.run([sys.executable, "-m", "modules.app.cli", "--data-dir", str(tmp_path), "--prompt", "a cat",
                           "--steps", "2", "--width", "64", "--height", "64", "--seed", "42"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
 
@@ -28,7 +28,7 @@ def test_cli_txt2img_writes_png_with_parameters(tmp_path):
 
 
 def test_cli_without_checkpoint_fails_clearly(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "modules.cli", "--data-dir", str(tmp_path), "--no-shipped-models",
+    run = subprocess.run([sys.executable, "-m", "modules.app.cli", "--data-dir", str(tmp_path), "--no-shipped-models",
                           "--prompt", "x"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2

@@ -4,7 +4,7 @@ UNet's output is exactly what diffusers' own attention gives, whatever the conte
 import pytest
 import torch
 
-from modules.context_projections import KEY, ProjectedCrossAttention
+from modules.accel.context_projections import KEY, ProjectedCrossAttention
 from tiny_models import load_tiny_model, plain_and_sampled, unet_inputs
 
 
@@ -70,7 +70,7 @@ def test_a_prompt_of_another_length_is_projected_on_its_own(tmp_path):
 def test_the_low_memory_modes_run_the_unet_itself(tmp_path):
     import dataclasses
 
-    from modules.devices import DevicePolicy
+    from modules.models.devices import DevicePolicy
 
     model = load_tiny_model(tmp_path, "sd1", policy=dataclasses.replace(DevicePolicy.cpu(), memory_mode="lowvram"))
     assert model._sampling_unet() is model.unet
@@ -81,7 +81,7 @@ def test_the_low_memory_modes_run_the_unet_itself(tmp_path):
 def test_dropping_compiled_state_forgets_the_copies_that_read_the_projections(tmp_path):
     """Each --compile warm-up adopts a new compiled copy; switching the fast path off and on again
     must not keep the old copies' layers (and their compiled code) reachable."""
-    from modules.acceleration import shared_weight_copy
+    from modules.accel.acceleration import shared_weight_copy
 
     model = load_tiny_model(tmp_path, "sd1")
     tensors = _inputs(model, 7)

@@ -11,10 +11,10 @@ import requests
 from PIL import Image
 
 from conftest import ROOT
-from modules.cmd_args import parse_args
-from modules.devices import DevicePolicy
-from modules.model_manager import ModelManager
-from modules.paths import Paths
+from modules.app.cmd_args import parse_args
+from modules.models.devices import DevicePolicy
+from modules.service.model_manager import ModelManager
+from modules.io.paths import Paths
 from server_process import ServerProcess
 from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
 from tools import convert_realesrgan_ncnn as converter

@@ -5,13 +5,13 @@ import itertools
 import pytest
 
 from conftest import ROOT
-from modules.checkpoints import list_checkpoints
-from modules.cmd_args import parse_args
-from modules.devices import DevicePolicy
-from modules.generation_request import Txt2ImgRequest
-from modules.model_manager import ModelManager
-from modules.paths import Paths
-from modules.processing import txt2img
+from modules.models.checkpoints import list_checkpoints
+from modules.app.cmd_args import parse_args
+from modules.models.devices import DevicePolicy
+from modules.io.generation_request import Txt2ImgRequest
+from modules.service.model_manager import ModelManager
+from modules.io.paths import Paths
+from modules.pipeline.processing import txt2img
 from shape_analysis import read_image
 from tools.embedded_model.dataset import COLOUR_NAMES, SHAPES, with_article
 

@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 from spandrel.architectures.ESRGAN import ESRGAN
 
-from modules.extras import ExtrasSettings, run_extras
-from modules.upscaler_models import TileSettings, UpscalerRegistry
-from modules.upscalers import UnknownUpscalerError
+from modules.postprocess.extras import ExtrasSettings, run_extras
+from modules.postprocess.upscaler_models import TileSettings, UpscalerRegistry
+from modules.postprocess.upscalers import UnknownUpscalerError
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,14 @@ from spandrel.architectures.ESRGAN import ESRGAN
 from spandrel.architectures.GFPGAN import GFPGAN
 from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
 
-from modules import cmd_args
-from modules.face_restoration import (FFHQ_TEMPLATE_512, FaceRestorers, HaarFaceDetector, alignment_matrix, blend,
+from modules.app import cmd_args
+from modules.postprocess.face_restoration import (FFHQ_TEMPLATE_512, FaceRestorers, HaarFaceDetector, alignment_matrix, blend,
                                       landmarks_from_eyes)
-from modules.extras import ExtrasSettings, run_extras
-from modules.generation_request import Txt2ImgRequest
-from modules.paths import Paths
-from modules.processing import Resources, txt2img
-from modules.spandrel_models import inspect
+from modules.postprocess.extras import ExtrasSettings, run_extras
+from modules.io.generation_request import Txt2ImgRequest
+from modules.io.paths import Paths
+from modules.pipeline.processing import Resources, txt2img
+from modules.postprocess.spandrel_models import inspect
 from tiny_models import load_tiny_model
 
 # The astronaut's face in scikit-image's 512x512 photo (x, y, width, height), read off the

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from modules.cuda_graphs import WarmUp, _CaptureGate, warmup_note
+from modules.accel.cuda_graphs import WarmUp, _CaptureGate, warmup_note
 
 
 def test_no_capture_starts_while_a_compilation_runs():
@@ -52,8 +52,8 @@ def test_compiled_blocks_share_the_weights_and_leave_the_model_plain(tmp_path):
     every weight with the model, whose own forward stays uncompiled for the plain path."""
     import torch
 
-    from modules.acceleration import COMPILED_BLOCKS, compiled_blocks
-    from modules.sd_model import call_unet
+    from modules.accel.acceleration import COMPILED_BLOCKS, compiled_blocks
+    from modules.models.sd_model import call_unet
     from tiny_models import load_tiny_model
 
     model = load_tiny_model(tmp_path, "sd1")
@@ -82,8 +82,8 @@ def test_acceleration_variants_parse_and_undo_themselves(tmp_path):
     import pytest
     import torch
 
-    from modules.acceleration import Acceleration, applied
-    from modules.sd_model import call_unet
+    from modules.accel.acceleration import Acceleration, applied
+    from modules.models.sd_model import call_unet
     from tiny_models import load_tiny_model
 
     assert Acceleration.parse("cl+fused_qkv+sdpa=MATH") == Acceleration(True, True, "MATH")
@@ -112,8 +112,8 @@ def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path,
     for the same shapes starts no helper."""
     import torch
 
-    from modules import compile_helpers
-    from modules.sd_model import COMPILE_SETTINGS
+    from modules.accel import compile_helpers
+    from modules.models.sd_model import COMPILE_SETTINGS
     from tiny_models import load_tiny_model, unet_inputs
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
@@ -123,7 +123,7 @@ def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path,
     job = compile_helpers.job_for("unet", model.unet, COMPILE_SETTINGS, tensors, (0, 2))
     assert compile_helpers.Job.from_json(job.to_json()) == job
     pool = compile_helpers.HelperPool(1, "cpu")
-    with caplog.at_level(logging.INFO, logger="modules.compile_helpers"):
+    with caplog.at_level(logging.INFO, logger="modules.accel.compile_helpers"):
         compile_helpers.prebuild("unet", model.unet, COMPILE_SETTINGS, tensors, helpers=2, pool=pool)
     assert len(list((tmp_path / "inductor" / "compile-helpers").glob("*.done"))) == 1  # no helper failed
     # each helper reports its phases; only the pooled one was ready before its job came
@@ -148,7 +148,7 @@ def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path,
 
 
 def test_a_pooled_helper_without_a_job_leaves_when_the_serving_process_does():
-    from modules import compile_helpers
+    from modules.accel import compile_helpers
 
     pool = compile_helpers.HelperPool(1, "cpu")
     [helper] = pool.take(1)
@@ -159,7 +159,7 @@ def test_a_pooled_helper_without_a_job_leaves_when_the_serving_process_does():
 
 
 def test_a_failing_compile_helper_reports_why(tmp_path):
-    from modules import compile_helpers
+    from modules.accel import compile_helpers
 
     job = compile_helpers.Job(part="vae", config={"no_such_field": 1, "block_out_channels": "bad"}, dtype="float32",
                               channels_last=False, requires_grad=False, acceleration={}, inputs={}, device="cpu")
@@ -186,8 +186,8 @@ def test_compiled_layers_split_deep_transformers_and_compute_the_same():
     output is the plain UNet's."""
     import torch
 
-    from modules.acceleration import WHOLE_TRANSFORMER_LAYERS, Acceleration, compiled_blocks
-    from modules.sd_model import call_unet
+    from modules.accel.acceleration import WHOLE_TRANSFORMER_LAYERS, Acceleration, compiled_blocks
+    from modules.models.sd_model import call_unet
     from tiny_models import unet_inputs
 
     unet = _sdxl_like_unet((1, WHOLE_TRANSFORMER_LAYERS + 1))
@@ -220,10 +220,10 @@ def test_compile_shares_cover_every_block_once_and_keep_equal_blocks_together():
     import yaml
     from diffusers import UNet2DConditionModel
 
-    from modules import ldm_config
-    from modules.acceleration import _regions, _share_of, _signature
-    from modules.compile_helpers import ROOT
-    from modules.model_families import Family
+    from modules.models import ldm_config
+    from modules.accel.acceleration import _regions, _share_of, _signature
+    from modules.accel.compile_helpers import ROOT
+    from modules.models.model_families import Family
 
     config = ldm_config._unet_config(yaml.safe_load((ROOT / "configs" / "sd_xl_base.yaml").read_text()),
                                      Family.SDXL, 1024)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from modules.image_saving import (ImageFacts, SaveOptions, apply_pattern, image_grid, read_parameters, save_grid,
+from modules.io.image_saving import (ImageFacts, SaveOptions, apply_pattern, image_grid, read_parameters, save_grid,
                                   save_image, sanitize_filename_part)
 
 NOW = dt.datetime(2026, 11, 29, 13, 45, 7)
@@ -101,7 +101,7 @@ def test_a_killed_save_leaves_no_partial_file(tmp_path):
     script = (
         "import sys, numpy as np; sys.path.insert(0, sys.argv[1])\n"
         "from PIL import Image\n"
-        "from modules.image_saving import SaveOptions, ImageFacts, save_image\n"
+        "from modules.io.image_saving import SaveOptions, ImageFacts, save_image\n"
         "big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (6000, 6000, 3), dtype=np.uint8))\n"
         "print('saving', flush=True)\n"
         "save_image(big, SaveOptions(outputs_dir=__import__('pathlib').Path(sys.argv[2]),"

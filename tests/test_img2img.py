@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from modules.generation_request import Img2ImgRequest, Txt2ImgRequest
-from modules.image_prep import ResizeMode, resize_image
-from modules.processing import img2img, txt2img
+from modules.io.generation_request import Img2ImgRequest, Txt2ImgRequest
+from modules.pipeline.image_prep import ResizeMode, resize_image
+from modules.pipeline.processing import img2img, txt2img
 from tiny_models import load_tiny_model
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from modules.generation_request import Txt2ImgRequest
-from modules.infotext import create_infotext, parse_generation_parameters, request_fields_from_infotext
+from modules.io.generation_request import Txt2ImgRequest
+from modules.io.infotext import create_infotext, parse_generation_parameters, request_fields_from_infotext
 
 REAL_A1111 = (
     "(beautiful landscape of a paradise island with mountains:1.2), cinematic film still, lush\n"
@@ -54,7 +54,7 @@ def test_a_prompt_without_parameter_line():
          height=128, subseed=9, subseed_strength=0.25, randn_source="NV"),
 ])
 def test_request_round_trip(fields):
-    from modules.infotext import format_number
+    from modules.io.infotext import format_number
 
     request = Txt2ImgRequest(**fields)
     params = {"Steps": request.steps, "Sampler": request.sampler_name, "Schedule type": request.scheduler,

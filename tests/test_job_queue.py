@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from modules.job_queue import JobCancelled, JobIdInUseError, JobQueue, JobState, QueueFullError
+from modules.service.job_queue import JobCancelled, JobIdInUseError, JobQueue, JobState, QueueFullError
 from modules.sampling.samplers import SamplingInterrupted
 
 

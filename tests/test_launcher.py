@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from modules import cmd_args, launch_utils
+from modules.app import cmd_args
+from modules.app import launch_utils
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_FLAGS = ("--listen", "--port", "--ckpt", "--ckpt-dir", "--data-dir", "--vae-dir", "--api", "--nowebui",
@@ -270,6 +271,6 @@ def test_webui_sh_creates_a_missing_venv_that_launch_utils_can_work_in(tmp_path:
     assert_lists_flags(result.stdout)
     # A fresh venv has no `packaging`: the check must still run, and count everything as missing.
     fresh = run([str(venv / "bin" / "python"), "-c",
-                 "from modules import launch_utils as l; print(len(l.missing_requirements(l.INSTALL_DIR / 'requirements.txt')))"])
+                 "from modules.app import launch_utils as l; print(len(l.missing_requirements(l.INSTALL_DIR / 'requirements.txt')))"])
     assert fresh.returncode == 0, fresh.stderr
     assert int(fresh.stdout) == len(launch_utils.read_requirement_lines(ROOT / "requirements.txt"))

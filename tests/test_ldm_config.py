@@ -10,14 +10,14 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from modules.ldm_config import (
+from modules.models.ldm_config import (
     TOKENIZERS_DIR,
     build_component_configs,
     load_ldm_yaml,
     standard_heads,
 )
-from modules.model_families import Family
-from modules.paths import CONFIGS_DIR, INSTALL_DIR
+from modules.models.model_families import Family
+from modules.io.paths import CONFIGS_DIR, INSTALL_DIR
 from test_model_families import checkpoint_shapes
 
 MODEL_CLASSES = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}

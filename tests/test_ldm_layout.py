@@ -9,7 +9,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from modules import ldm_layout
+from modules.models import ldm_layout
 from tests.tiny_models import (
     FAMILIES,
     FAMILY_LAYOUT,

@@ -8,14 +8,14 @@ import pytest
 import safetensors.torch
 import torch
 
-from modules import lora
-from modules.checkpoints import CheckpointInfo
-from modules.devices import DevicePolicy
-from modules.generation_request import Txt2ImgRequest
-from modules.lora import LoraCall
-from modules.processing import txt2img
-from modules.safe_load import UnsafeModelFileError
-from modules.sd_loader import load_checkpoint
+from modules.models import lora
+from modules.models.checkpoints import CheckpointInfo
+from modules.models.devices import DevicePolicy
+from modules.io.generation_request import Txt2ImgRequest
+from modules.models.lora import LoraCall
+from modules.pipeline.processing import txt2img
+from modules.models.safe_load import UnsafeModelFileError
+from modules.models.sd_loader import load_checkpoint
 from pickle_payloads import WritesCanary
 from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
 
@@ -436,8 +436,8 @@ def test_plan_reports_unknown_names_and_hashes(sd1, tmp_path):
 
 
 def test_lora_tag_in_the_prompt_through_txt2img(sd1, tmp_path):
-    from modules import lora as lora_module
-    from modules.processing import Resources
+    from modules.models import lora as lora_module
+    from modules.pipeline.processing import Resources
 
     layers = {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q":
               ("unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"),

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from modules.devices import DevicePolicy
-from modules.generation_request import Img2ImgRequest, Txt2ImgRequest
-from modules.processing import img2img, txt2img
+from modules.models.devices import DevicePolicy
+from modules.io.generation_request import Img2ImgRequest, Txt2ImgRequest
+from modules.pipeline.processing import img2img, txt2img
 from tiny_models import load_tiny_model
 
 
@@ -60,11 +60,11 @@ def test_unknown_memory_mode_is_refused(tmp_path):
 def test_full_previews_fall_back_to_cheap_ones_in_low_memory_modes(tmp_path):
     """A full-VAE preview decodes beside sampling: in --medvram/--lowvram that would move the UNet off
     the device mid-step, so the page shows the cheap preview there."""
-    from modules.cmd_args import parse_args
-    from modules.model_manager import ModelManager
-    from modules.paths import Paths
-    from modules.settings_store import Settings
-    from modules.ui_tabs.progress import full_decoder
+    from modules.app.cmd_args import parse_args
+    from modules.service.model_manager import ModelManager
+    from modules.io.paths import Paths
+    from modules.service.settings_store import Settings
+    from modules.app.ui.progress import full_decoder
     from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
 
     folder = tmp_path / "models" / "Stable-diffusion"

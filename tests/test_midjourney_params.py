@@ -2,7 +2,7 @@
 
 import pytest
 
-from modules.midjourney_params import (MidjourneyParamError, MidjourneyParams, cfg_for_stylize,
+from modules.pipeline.midjourney_params import (MidjourneyParamError, MidjourneyParams, cfg_for_stylize,
                                        parse_midjourney_params, size_for_aspect, to_request_fields)
 
 

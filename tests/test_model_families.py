@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from modules.ldm_config import load_ldm_yaml
-from modules.model_families import (
+from modules.models.ldm_config import load_ldm_yaml
+from modules.models.model_families import (
     FAMILIES,
     Family,
     FamilySpec,
@@ -16,7 +16,7 @@ from modules.model_families import (
     prediction_type_from_ldm_yaml,
     sidecar_yaml_path,
 )
-from modules.paths import CONFIGS_DIR
+from modules.io.paths import CONFIGS_DIR
 
 # --- shape dicts laid out like real single-file checkpoints (a representative subset of their keys) -----
 

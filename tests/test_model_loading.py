@@ -8,14 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from modules.cmd_args import parse_args
-from modules.devices import DevicePolicy
-from modules.generation_request import Txt2ImgRequest
-from modules.model_families import detect_family
-from modules.model_manager import ModelManager
-from modules.paths import Paths
-from modules.processing import txt2img
-from modules.safe_load import read_tensor_shapes
+from modules.app.cmd_args import parse_args
+from modules.models.devices import DevicePolicy
+from modules.io.generation_request import Txt2ImgRequest
+from modules.models.model_families import detect_family
+from modules.service.model_manager import ModelManager
+from modules.io.paths import Paths
+from modules.pipeline.processing import txt2img
+from modules.models.safe_load import read_tensor_shapes
 from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
 
 FAMILIES = {"sd1": "sd1", "sd1_inpaint": "sd1_inpaint", "sd2_v": "sd2", "sdxl": "sdxl"}
@@ -163,7 +163,7 @@ def test_preferred_checkpoint_flag_wins(tmp_path):
 def test_without_sidecar_the_family_standard_yaml_is_used(tmp_path, family, yaml_channels):
     # A real checkpoint has no sidecar: the loader reads the family's yaml from configs/. The tiny
     # model's channels differ from it, so loading fails, naming the yaml's size and the file's.
-    from modules.sd_loader import CheckpointLoadError, inspect_checkpoint
+    from modules.models.sd_loader import CheckpointLoadError, inspect_checkpoint
 
     path = save_checkpoint(tiny_original_state_dict(family), tmp_path / "plain.safetensors")
     with pytest.raises(CheckpointLoadError, match=f"{yaml_channels} base channels"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules.png_encoding import encode_png, encode_pngs
+from modules.io.png_encoding import encode_png, encode_pngs
 
 
 def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from modules.prompt_parser import (Alternate, ConditioningStep, ExtraNetworkCall, PromptSyntaxError, Scheduled,
+from modules.pipeline.prompt_parser import (Alternate, ConditioningStep, ExtraNetworkCall, PromptSyntaxError, Scheduled,
                                    extract_extra_networks, get_learned_conditioning_prompt_schedules,
                                    get_multicond_prompt_list, parse_and, parse_schedule_syntax, schedule_for,
                                    split_break, strip_comments)

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from modules.embeddings import load_embeddings
-from modules.generation_request import Txt2ImgRequest
-from modules.midjourney_params import MidjourneyParamError
-from modules.processing import Resources, txt2img
-from modules.styles import PromptStyle, save_styles
+from modules.models.embeddings import load_embeddings
+from modules.io.generation_request import Txt2ImgRequest
+from modules.pipeline.midjourney_params import MidjourneyParamError
+from modules.pipeline.processing import Resources, txt2img
+from modules.pipeline.styles import PromptStyle, save_styles
 from tiny_models import load_tiny_model
 
 

@@ -15,7 +15,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from modules.upscaler_models import TileSettings, UpscalerRegistry, load_model, upscale_tensor_tiled
+from modules.postprocess.upscaler_models import TileSettings, UpscalerRegistry, load_model, upscale_tensor_tiled
 from tools import convert_realesrgan_ncnn as converter
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from modules.generation_request import Txt2ImgRequest
+from modules.io.generation_request import Txt2ImgRequest
 from server_process import ROOT, ServerProcess
 
 CHECKPOINTS = ROOT / "models" / "Stable-diffusion"
@@ -155,8 +155,8 @@ def test_a_size_given_inside_the_prompt_counts_as_well(server):
 
 
 def test_everyday_requests_fit_the_default_work_bound():
-    from modules.cmd_args import DEFAULT_MAX_REQUEST_WORK
-    from modules.generation_service import RequestTooLargeError, check_work
+    from modules.app.cmd_args import DEFAULT_MAX_REQUEST_WORK
+    from modules.service.generation_service import RequestTooLargeError, check_work
 
     everyday = Txt2ImgRequest(batch_size=8, n_iter=4, steps=150, width=1024, height=1024)
     check_work(everyday, DEFAULT_MAX_REQUEST_WORK)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from modules.rng import MAX_SEED, ImageRNG, PhiloxGenerator, paste_centered, resolve_seed, seeded_randn, slerp
+from modules.sampling.rng import MAX_SEED, ImageRNG, PhiloxGenerator, paste_centered, resolve_seed, seeded_randn, slerp
 from modules.sampling.noise import brownian_tree_noise_sampler, rng_noise_sampler
 
 SHAPE = (4, 8, 8)

@@ -6,8 +6,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from modules import safe_load
-from modules.safe_load import FileFormat, ModelFileError, UnsafeModelFileError
+from modules.models import safe_load
+from modules.models.safe_load import FileFormat, ModelFileError, UnsafeModelFileError
 from pickle_payloads import WritesCanary
 
 

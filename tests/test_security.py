@@ -111,7 +111,7 @@ def test_T01_path_traversal_on_file_routes(server):
 
 
 def test_T02_symlink_and_prefix_confusion_escape(server):
-    from modules.http_guard import resolve_under
+    from modules.app.http_guard import resolve_under
 
     outputs = server.outputs
     assert resolve_under(outputs, "x/canary.txt") is None  # a link inside outputs pointing out
@@ -128,7 +128,7 @@ def test_T02_containment_matches_resolved_relative_to(tmp_path):
     """Property: resolve_under agrees with Path.resolve().relative_to on generated relative paths."""
     from hypothesis import given, settings, strategies as st
 
-    from modules.http_guard import resolve_under
+    from modules.app.http_guard import resolve_under
 
     root = tmp_path / "root"
     (root / "a" / "b").mkdir(parents=True)
@@ -166,8 +166,8 @@ def test_T04_windows_unc_and_drive_paths_refused(server):
 
 
 def test_T05_user_named_file_write(server):
-    from modules.image_saving import sanitize_filename_part
-    from modules.styles import StyleNameError, validate_style_name
+    from modules.io.image_saving import sanitize_filename_part
+    from modules.pipeline.styles import StyleNameError, validate_style_name
 
     for name in ("../../x", "..\\..\\x", "a/b", "#comment", ""):
         with pytest.raises(StyleNameError):
@@ -248,7 +248,7 @@ def test_T09_cors_only_for_configured_origins():
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from modules.http_guard import GuardConfig, HttpGuard
+    from modules.app.http_guard import GuardConfig, HttpGuard
 
     async def hello(request):
         return JSONResponse({"ok": True}, headers={"Access-Control-Allow-Origin": "*"})
@@ -310,8 +310,8 @@ def test_T10_password_compare_is_constant_time_and_attempts_limited():
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from modules.api import auth
-    from modules.http_guard import GuardConfig, HttpGuard
+    from modules.app.api import auth
+    from modules.app.http_guard import GuardConfig, HttpGuard
 
     assert "compare_digest" in inspect.getsource(auth.credentials_match)
 
@@ -386,7 +386,7 @@ def test_T12_ssrf_via_image_url(server):
 def test_T13_pickle_rce_in_ckpt(tmp_path):
     import torch
 
-    from modules import safe_load
+    from modules.models import safe_load
 
     canary = tmp_path / "canary"
     path = tmp_path / "evil.ckpt"
@@ -401,7 +401,7 @@ def test_T13_pickle_rce_in_ckpt(tmp_path):
 def test_T14_loader_chosen_by_content_not_extension(tmp_path):
     import pickle
 
-    from modules import safe_load
+    from modules.models import safe_load
 
     canary = tmp_path / "canary"
     for name in ("x.SAFETENSORS", "x.safetensors", "x.SafeTensors"):
@@ -420,7 +420,7 @@ def _safetensors(header: dict | bytes, data: bytes = b"", length: int | None = N
 def test_T15_malformed_safetensors(tmp_path):
     import resource
 
-    from modules import safe_load
+    from modules.models import safe_load
 
     tensor = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
     cases = {
@@ -446,7 +446,7 @@ def test_T16_scanner_bypass_pickles_still_refused(tmp_path):
 
     import torch
 
-    from modules import safe_load
+    from modules.models import safe_load
 
     class ResolveName:
         def __reduce__(self):
@@ -484,7 +484,7 @@ def _gif_bomb() -> bytes:
 
 
 def test_T17_decompression_bomb_upload(server):
-    from modules.api import images
+    from modules.app.api import images
 
     pixels_limit = Image.MAX_IMAGE_PIXELS
     for content in (_png_header_only(20000, 20000), _gif_bomb()):
@@ -501,7 +501,7 @@ def test_T17_decompression_bomb_upload(server):
 
 
 def test_T17_upload_byte_cap(monkeypatch):
-    from modules.api import images
+    from modules.app.api import images
 
     monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 1024)
     big = png_b64(Image.effect_noise((128, 128), 64).convert("RGB"))
@@ -596,7 +596,7 @@ import os, signal, sys
 from pathlib import Path
 from PIL import Image
 sys.path.insert(0, {root!r})
-from modules import image_saving
+from modules.io import image_saving
 def die(*args):
     os.kill(os.getpid(), signal.SIGKILL)
 image_saving.os.replace = die
@@ -681,7 +681,7 @@ def _with_vae(model, vae):
 def test_T24_nan_images_retried_in_fp32_else_error(partial, tiny_model):
     import torch
 
-    from modules.processing import NonFiniteImageError, decode_latents
+    from modules.pipeline.processing import NonFiniteImageError, decode_latents
 
     latents = torch.zeros(1, 4, 8, 8)
     vae = _StubVae(partial, fp32_nan=False)
@@ -700,8 +700,8 @@ def test_T24_nan_images_retried_in_fp32_else_error(partial, tiny_model):
 
 
 def test_T24_nan_error_is_a_clear_api_error():
-    from modules.api.routes import http_error
-    from modules.processing import NonFiniteImageError
+    from modules.app.api.routes import http_error
+    from modules.pipeline.processing import NonFiniteImageError
 
     error = http_error(NonFiniteImageError("the VAE produced NaN or infinite pixels even in float32"))
     assert error.status_code == 500 and "NaN" in error.detail

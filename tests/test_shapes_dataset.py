@@ -170,9 +170,9 @@ def test_smoke_run_exports_a_loadable_sd1_checkpoint(tmp_path):
     assert ldm["first_stage_config"]["params"]["ddconfig"]["resolution"] == config.data.image_size
 
     # The application's own loader reads it as an SD 1.x model with the trained sizes.
-    from modules.checkpoints import CheckpointInfo
-    from modules.devices import DevicePolicy
-    from modules.sd_loader import load_checkpoint
+    from modules.models.checkpoints import CheckpointInfo
+    from modules.models.devices import DevicePolicy
+    from modules.models.sd_loader import load_checkpoint
 
     model = load_checkpoint(CheckpointInfo(result.checkpoint, result.checkpoint.stem, None), DevicePolicy.cpu())
     assert (model.family, model.prediction) == ("sd1", "epsilon")

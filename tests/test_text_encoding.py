@@ -7,13 +7,13 @@ import pytest
 import torch
 from transformers import CLIPTokenizer
 
-from modules.checkpoints import CheckpointInfo
-from modules.conditioning import encode_prompts
-from modules.devices import DevicePolicy
-from modules.paths import CONFIGS_DIR
-from modules.sd_loader import load_checkpoint
-from modules.sd_model import TextEncoder
-from modules.text_encoding import (CHUNK_LENGTH, Vocabulary, chunk_input_ids, count_tokens, emphasis_infotext,
+from modules.models.checkpoints import CheckpointInfo
+from modules.pipeline.conditioning import encode_prompts
+from modules.models.devices import DevicePolicy
+from modules.io.paths import CONFIGS_DIR
+from modules.models.sd_loader import load_checkpoint
+from modules.models.sd_model import TextEncoder
+from modules.pipeline.text_encoding import (CHUNK_LENGTH, Vocabulary, chunk_input_ids, count_tokens, emphasis_infotext,
                                    encode_model_texts, pad_to_same_length, parse_prompt_attention, text_model,
                                    tokenize_prompt)
 from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict

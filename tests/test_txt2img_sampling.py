@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from modules.generation_request import Txt2ImgRequest
-from modules.processing import txt2img
+from modules.io.generation_request import Txt2ImgRequest
+from modules.pipeline.processing import txt2img
 from modules.sampling.registry import sampler_names
 from modules.sampling.schedules import schedule_labels
 from tiny_models import load_tiny_model

@@ -10,9 +10,9 @@ from spandrel.architectures.ESRGAN import ESRGAN
 from spandrel.architectures.GFPGAN import GFPGAN
 from spandrel.architectures.SwinIR import SwinIR
 
-from modules.generation_request import Txt2ImgRequest
-from modules.processing import Resources, txt2img
-from modules.upscaler_models import TileSettings, UpscalerRegistry, upscale_tensor_tiled
+from modules.io.generation_request import Txt2ImgRequest
+from modules.pipeline.processing import Resources, txt2img
+from modules.postprocess.upscaler_models import TileSettings, UpscalerRegistry, upscale_tensor_tiled
 from tiny_models import load_tiny_model
 
 

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from modules import ldm_layout
-from modules.cmd_args import parse_args
-from modules.devices import DevicePolicy
-from modules.generation_request import Txt2ImgRequest
-from modules.model_manager import ModelManager
-from modules.paths import Paths
-from modules.processing import txt2img
-from modules.vae import list_vaes, resolve_vae
+from modules.models import ldm_layout
+from modules.app.cmd_args import parse_args
+from modules.models.devices import DevicePolicy
+from modules.io.generation_request import Txt2ImgRequest
+from modules.service.model_manager import ModelManager
+from modules.io.paths import Paths
+from modules.pipeline.processing import txt2img
+from modules.models.vae import list_vaes, resolve_vae
 from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
 
 

@@ -31,7 +31,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from modules import ldm_layout
+from modules.models import ldm_layout
 
 FAMILIES = ("sd1", "sd1_inpaint", "sd2_v", "sdxl", "sdxl_refiner")
 FAMILY_LAYOUT = {"sd1": "sd1", "sd1_inpaint": "sd1", "sd2_v": "sd2", "sdxl": "sdxl", "sdxl_refiner": "sdxl_refiner"}
@@ -411,7 +411,7 @@ def unet_inputs(unet: torch.nn.Module, seed: int = 0, batch: int = 2) -> dict[st
 def plain_and_sampled(model, tensors: dict[str, Tensor | None]) -> tuple[Tensor, Tensor]:
     """The output of the model's own UNet (diffusers' processors) and of the UNet sampling runs
     (StableDiffusionModel.unet_fn), for the same unet_inputs."""
-    from modules.sd_model import call_unet
+    from modules.models.sd_model import call_unet
 
     with torch.no_grad():
         plain = call_unet(model.unet, **tensors)
@@ -422,9 +422,9 @@ def plain_and_sampled(model, tensors: dict[str, Tensor | None]) -> tuple[Tensor,
 
 def load_tiny_model(folder: str | Path, family: str = "sd1", fmt: str = "safetensors", policy=None):
     """Write a tiny checkpoint of `family` with its sidecar yaml into `folder` and load it as the app does."""
-    from modules.checkpoints import CheckpointInfo
-    from modules.devices import DevicePolicy
-    from modules.sd_loader import load_checkpoint
+    from modules.models.checkpoints import CheckpointInfo
+    from modules.models.devices import DevicePolicy
+    from modules.models.sd_loader import load_checkpoint
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

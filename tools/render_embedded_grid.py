@@ -18,12 +18,12 @@ if str(ROOT) not in sys.path:
 
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from modules.cmd_args import parse_args  # noqa: E402
-from modules.devices import DevicePolicy  # noqa: E402
-from modules.generation_request import Txt2ImgRequest  # noqa: E402
-from modules.model_manager import ModelManager  # noqa: E402
-from modules.paths import Paths  # noqa: E402
-from modules.processing import txt2img  # noqa: E402
+from modules.app.cmd_args import parse_args  # noqa: E402
+from modules.models.devices import DevicePolicy  # noqa: E402
+from modules.io.generation_request import Txt2ImgRequest  # noqa: E402
+from modules.service.model_manager import ModelManager  # noqa: E402
+from modules.io.paths import Paths  # noqa: E402
+from modules.pipeline.processing import txt2img  # noqa: E402
 from tools.embedded_model.dataset import COLOUR_NAMES, SHAPES, with_article  # noqa: E402
 
 CHECKPOINT = "embedded-shapes-v1.safetensors"

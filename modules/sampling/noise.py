@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torchsde
 
-from modules.rng import ImageRNG
+from modules.sampling.rng import ImageRNG
 
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

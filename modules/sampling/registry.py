@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from modules.rng import ImageRNG
+from modules.sampling.rng import ImageRNG
 from modules.sampling import dpm_solver, restart, samplers, timestep_samplers
 from modules.sampling.denoisers import DiscreteSchedule
 from modules.sampling.noise import NoiseSampler, brownian_tree_noise_sampler, rng_noise_sampler

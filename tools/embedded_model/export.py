@@ -1,6 +1,6 @@
 """Writing the trained networks as one SD 1.x original single-file checkpoint plus its sidecar yaml.
 
-The key layout comes from the project's own converter (modules.ldm_layout), so the file is read back by
+The key layout comes from the project's own converter (modules.models.ldm_layout), so the file is read back by
 exactly the code that reads any user's SD 1.x checkpoint. The yaml is an original LDM config with the
 tiny sizes; the text encoder's sizes are extra keys under cond_stage_config.params, because the stock
 FrozenCLIPEmbedder has none (it always means CLIP ViT-L).
@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from modules import ldm_layout
+from modules.models import ldm_layout
 from tools.embedded_model.config import TrainConfig
 from tools.embedded_model.models import Networks, latent_size
 

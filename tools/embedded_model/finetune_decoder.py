@@ -31,9 +31,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from modules import ldm_layout, sd_loader
-from modules.checkpoints import CheckpointInfo
-from modules.devices import DevicePolicy
+from modules.models import ldm_layout
+from modules.models import sd_loader
+from modules.models.checkpoints import CheckpointInfo
+from modules.models.devices import DevicePolicy
 from tools.embedded_model import dataset
 from tools.embedded_model.config import DataConfig
 from tools.embedded_model.train import (
