@@ -65,7 +65,7 @@ def test_pencil_opens_a_style_editor_that_saves_styles_csv(page, server, request
     wait_for_toast(page, f"Style '{name}' saved")
     page.wait_for_selector("#txt2img_style_editor", state="hidden")
 
-    from modules.pipeline.styles import load_styles
+    from modules.io.styles import load_styles
 
     saved = load_styles(server.data_dir / "styles.csv")
     assert saved[name].prompt == "{prompt}, vivid colours" and saved[name].negative_prompt == "dull"

@@ -167,7 +167,7 @@ def test_T04_windows_unc_and_drive_paths_refused(server):
 
 def test_T05_user_named_file_write(server):
     from modules.io.image_saving import sanitize_filename_part
-    from modules.pipeline.styles import StyleNameError, validate_style_name
+    from modules.io.styles import StyleNameError, validate_style_name
 
     for name in ("../../x", "..\\..\\x", "a/b", "#comment", ""):
         with pytest.raises(StyleNameError):

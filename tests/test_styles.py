@@ -2,7 +2,7 @@
 
 import pytest
 
-from modules.pipeline.styles import (PromptStyle, StyleNameError, UnknownStyleError, apply_styles,
+from modules.io.styles import (PromptStyle, StyleNameError, UnknownStyleError, apply_styles,
                             extract_style_text_from_prompt, extract_styles_from_prompt, load_styles, merge_prompts,
                             save_styles, validate_style_name)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from modules.pipeline import midjourney_params
 from modules.pipeline import prompt_parser
-from modules.pipeline import styles
+from modules.io import styles
 from modules.io.generation_request import Txt2ImgRequest
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from modules.models import lora
-from modules.pipeline import styles
+from modules.io import styles
 from modules.postprocess import upscalers
 from modules.service.generation_service import GenerationService
 from modules.sampling.registry import SAMPLER_SPECS

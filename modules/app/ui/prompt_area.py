@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from modules.pipeline import styles as style_files
+from modules.io import styles as style_files
 from modules.app.ui.common import Fields, UiContext, refusal
 from modules.app.ui.style_editor import StyleEditor, build_style_editor, style_names, wire_style_editor
 

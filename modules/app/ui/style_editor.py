@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from modules.pipeline import styles as style_files
+from modules.io import styles as style_files
 from modules.app.ui.common import UiContext, refusal
 
 # One writer at a time: two saves at once would each rewrite the file from the same old contents.
