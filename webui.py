@@ -15,14 +15,9 @@ def create_app(args, manager, paths, settings=None):
     from fastapi import FastAPI
 
     from modules.app.http_guard import HttpGuard
+    from modules.service.assembly import build_service
 
-    from modules.service.generation_service import GenerationService
-    from modules.service.job_queue import JobQueue
-    from modules.service.settings_store import SettingsStore
-
-    settings = settings or SettingsStore(paths.config_file, paths.data_dir / "tmp")
-    queue = JobQueue(max_queued=max(1, args.queue_size))
-    service = GenerationService(manager, queue, settings, paths.outputs_dir, max_request_work=args.max_request_work)
+    service = build_service(args, paths, manager, settings)
     with_api = args.api or args.nowebui
     app = FastAPI(title="Stable Diffusion web UI", docs_url="/docs" if with_api else None,
                   openapi_url="/openapi.json" if with_api else None, redoc_url=None)
@@ -128,8 +123,7 @@ def _remove_partial_saves(temp_dir) -> None:
 
 def _preload(service) -> None:
     """Load the start-up model as the queue's first job, so it never races a generation."""
-    from modules.service.model_manager import NoCheckpointError, UnknownCheckpointError
-    from modules.models.safe_load import ModelFileError
+    from modules.service.failures import ModelFileError, NoCheckpointError, UnknownCheckpointError
 
     log = logging.getLogger("webui")
     try:
@@ -165,9 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from modules.app.api.auth import parse_credentials
-    from modules.models.devices import DevicePolicy
-    from modules.service.model_manager import ModelManager
+    from modules.io.image_saving import temp_dir_for
     from modules.io.paths import Paths
+    from modules.service.assembly import build_model_manager
     from modules.service.settings_store import SettingsStore
 
     try:
@@ -176,13 +170,12 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
     paths = Paths.from_args(args)
-    _remove_partial_saves(paths.data_dir / "tmp")
+    _remove_partial_saves(temp_dir_for(paths.outputs_dir))  # where saves write before the rename
     if args.compile:  # compiled graphs are kept with the other caches, so a restart compiles from them
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(paths.data_dir / "cache" / "torchinductor"))
-    policy = DevicePolicy.from_args(args)
-    logging.getLogger("webui").info("Device: %s", policy.describe())
     settings = SettingsStore(paths.config_file, paths.data_dir / "tmp")
-    manager = ModelManager(paths, policy, preferred_checkpoint=args.ckpt, hash_files=not args.no_hashing)
+    manager = build_model_manager(args, paths)
+    logging.getLogger("webui").info("Device: %s", manager.policy.describe())
     if args.ckpt and settings.current.sd_model_checkpoint:
         settings.update({"sd_model_checkpoint": None})  # --ckpt wins over the saved choice, as in AUTOMATIC1111
     app = create_app(args, manager, paths, settings)

@@ -33,28 +33,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
-    from modules.models.devices import DevicePolicy
     from modules.io.generation_request import Txt2ImgRequest
-    from modules.service.model_manager import ModelManager, NoCheckpointError
     from modules.io.paths import Paths
-    from modules.pipeline.processing import txt2img
-    from modules.models.safe_load import ModelFileError
+    from modules.service.assembly import build_service
+    from modules.service.failures import MODEL_FILE_ERRORS
 
     args = build_parser().parse_args(argv)
-    paths = Paths.from_args(args)
-    manager = ModelManager(paths, DevicePolicy.from_args(args), preferred_checkpoint=args.ckpt,
-                           hash_files=not args.no_hashing)
+    service = build_service(args, Paths.from_args(args))
     try:
-        model = manager.get()
-        size = model.native_size
+        # Width and height left unset take the checkpoint's native size, as in the UI.
         request = Txt2ImgRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
-                                 sampler_name=args.sampler, cfg_scale=args.cfg_scale,
-                                 width=args.width or size, height=args.height or size, seed=args.seed,
-                                 batch_size=args.batch_size, n_iter=args.n_iter, clip_skip=args.clip_skip)
-        result = txt2img(model, request, paths.outputs_dir, resources=manager.resources(model))
-    except (NoCheckpointError, ModelFileError, ValidationError, ValueError) as e:
+                                 sampler_name=args.sampler, cfg_scale=args.cfg_scale, seed=args.seed,
+                                 batch_size=args.batch_size, n_iter=args.n_iter, clip_skip=args.clip_skip,
+                                 **{k: v for k, v in (("width", args.width), ("height", args.height)) if v})
+        result = service.txt2img(request, checkpoint=args.ckpt)
+    except (*MODEL_FILE_ERRORS, ValidationError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        service.close()
     for path in result.paths:
         print(path)
     return 0

@@ -21,6 +21,10 @@ from modules.models.checkpoints import CheckpointInfo
 from modules.accel.cuda_graphs import warmup_note
 from modules.postprocess.face_restoration import RESTORER_NAMES
 from modules.io.generation_request import Img2ImgRequest, Txt2ImgRequest
+from modules.io.extras_request import ExtrasRequest, ExtrasSource
+from modules.io.image_saving import SaveOptions
+from modules.service.catalog import Catalog
+from modules.service.extras import check_extras, extras_work
 from modules.service.job_queue import Job, JobQueue
 from modules.service.model_manager import ModelManager, UnknownCheckpointError
 from modules.pipeline.processing import GenerationResult, decode_latents, hires_size, img2img, txt2img
@@ -28,6 +32,7 @@ from modules.pipeline.prompt_preparation import prepare_request
 from modules.sampling.rng import resolve_seed
 from modules.models.sd_model import StableDiffusionModel
 from modules.service.settings_store import Settings, SettingsStore
+from modules.service.step_reporting import JobStepReporter, PreviewSchedule
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +121,7 @@ class GenerationService:
         self.settings = settings
         self.outputs_dir = outputs_dir
         self.max_request_work = max_request_work  # megapixel-steps (--max-request-work); None or 0: no bound
+        self.catalog = Catalog(manager)
         settings.check_names_with(self.unknown_setting_names)
 
     # ---- settings and models -----------------------------------------------------------------
@@ -196,7 +202,7 @@ class GenerationService:
         check_work(prepare_request(request, native or request.width, self.manager.paths.styles_file),
                    self.max_request_work)
         kind = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
-        outputs = self.outputs_dir if save else None
+        outputs = SaveOptions(self.outputs_dir) if save else None
         passes, steps = expected_progress(request)
 
         def work(job: Job) -> Generated:
@@ -207,16 +213,40 @@ class GenerationService:
                                             face_restoration_model=settings.face_restoration_model,
                                             code_former_weight=settings.code_former_weight,
                                             is_interrupted=lambda: job.interrupted)
-            result = run(model, request, outputs, job.step_callback, resources)
+            reporter = JobStepReporter(job, model, PreviewSchedule.from_settings(settings))  # previews on this model
+            result = run(model, request, outputs, reporter, resources)
             if persist_overrides and overrides:
                 self.settings.update(overrides)
             return Generated(result, request, model.checkpoint, model.vae_name, job.interrupted, timestamp, settings)
 
         return self.queue.submit(kind, work, job_id=job_id, owner=owner, job_count=passes, steps=steps)
 
+    def submit_variations(self, request: Txt2ImgRequest, seed: int, strength: float) -> Job:
+        """Variations of one image of an earlier job: its seed, with a fresh variation seed at `strength`.
+        The prompt's styles and Midjourney parameters are applied first and taken out, so a `--seed` in the
+        prompt cannot override the seed of the chosen image."""
+        native = self.manager.native_size(self.checkpoint_for(self.settings.current))
+        prepared = prepare_request(request, native or request.width, self.manager.paths.styles_file)
+        return self.submit(prepared.model_copy(update={"styles": [], "seed": seed, "subseed": -1,
+                                                       "subseed_strength": strength}))
+
+    # ---- extras --------------------------------------------------------------------------------
+    def submit_extras(self, request: ExtrasRequest, sources: list[ExtrasSource], *, save: bool,
+                      job_id: str | None = None, owner: str | None = None) -> Job:
+        """Queue upscaling / face restoration of finished images (a list of ExtrasOutput when done), saved
+        to outputs/extras-images as generations are saved when `save`. A name this server does not know or
+        a result too large raises ExtrasFieldError here, before anything is queued."""
+        check_extras(request, sources, self.manager.upscalers)
+        work = extras_work(request, sources, self.manager, SaveOptions(self.outputs_dir) if save else None)
+        return self.queue.submit("extras", work, job_id=job_id, owner=owner)
+
     def txt2img(self, request: Txt2ImgRequest, checkpoint: str | None = None) -> GenerationResult:
-        """Queue and wait (the UI's path)."""
+        """Queue and wait (the command line's path)."""
         return self.submit(request, checkpoint=checkpoint).wait().result
+
+    def close(self) -> None:
+        """Finish the running job and stop taking new ones."""
+        self.queue.stop()
 
 
 def start_warm_up(model: StableDiffusionModel) -> None:

@@ -6,13 +6,12 @@ import json
 from typing import Any
 
 from modules.io import png_encoding
-from modules.postprocess import upscalers
 from modules.app.api.images import as_base64, decode_image, encode_png
 from modules.app.api.models import GenerationResponse, Img2ImgApiRequest, Txt2ImgApiRequest
 from modules.io.generation_request import Img2ImgRequest, Txt2ImgRequest
 from modules.service.generation_service import SETTING_FIELDS, Generated
 from modules.io.image_saving import image_grid
-from modules.pipeline.processing import hires_size
+from modules.service.catalog import Catalog
 
 MAX_HIRES_SIDE = 4096
 VERSION = "1.0.0"
@@ -39,18 +38,19 @@ def _core_fields(api: Txt2ImgApiRequest, target: type[Txt2ImgRequest]) -> dict[s
             if name in api.model_fields and (name in api.model_fields_set or name not in _FILLED_WHEN_UNSET)}
 
 
-def check_names(api: Txt2ImgApiRequest, upscaler_names: list[str], style_names: list[str]) -> None:
+def check_names(api: Txt2ImgApiRequest, catalog: Catalog) -> None:
     """Names the request mentions that only the server knows; unknown ones are 422, not a failed job."""
+    style_names = catalog.style_names()
     if unknown := [name for name in api.styles if name not in style_names]:
         raise FieldError("styles", f"unknown style {', '.join(map(repr, unknown))}; "
                                    f"styles here: {', '.join(style_names) or '(none: create one in the UI)'}")
     if api.script_name:
         raise FieldError("script_name", f"script {api.script_name!r} not found; no scripts are installed")
     if api.enable_hr:
-        known = [*upscalers.LATENT_MODES, *upscalers.PIXEL_RESAMPLERS, *upscaler_names]
+        known = [*catalog.latent_modes, *catalog.pixel_resamplers, *catalog.upscaler_model_names()]
         if api.hr_upscaler not in known:
             raise FieldError("hr_upscaler", f"unknown upscaler {api.hr_upscaler!r}; choose one of: {', '.join(known)}")
-        width, height = hires_size(api)
+        width, height = catalog.hires_size(api)
         if max(width, height) > MAX_HIRES_SIDE or min(width, height) < 64:
             raise FieldError("hr_scale", f"hires size {width}x{height} is outside 64..{MAX_HIRES_SIDE}")
 

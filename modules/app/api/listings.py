@@ -1,4 +1,4 @@
-"""What the read-only `/sdapi/v1` routes list, built from the registries and the model manager."""
+"""What the read-only `/sdapi/v1` routes list, built from the registries and the service's catalog."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from typing import Any
 
 import torch
 
-from modules.models import lora
-from modules.io import styles
-from modules.postprocess import upscalers
+from modules.service.catalog import Catalog
 from modules.service.generation_service import GenerationService
 from modules.sampling.registry import SAMPLER_SPECS
 from modules.sampling.schedules import SCHEDULE_SPECS
@@ -48,72 +46,43 @@ def schedulers() -> list[dict[str, Any]]:
 
 
 def latent_upscale_modes() -> list[dict[str, str]]:
-    return [{"name": name} for name in upscalers.LATENT_MODES]
+    return [{"name": name} for name in Catalog.latent_modes]
 
 
-def upscalers_list(manager) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = [{"name": name} for name in upscalers.PIXEL_RESAMPLERS]
-    items += [{"name": f.name, "model_name": f.path.stem, "model_path": str(f.path)} for f in manager.upscalers.files]
+def upscalers_list(catalog: Catalog) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = [{"name": name} for name in catalog.pixel_resamplers]
+    items += [{"name": f.name, "model_name": f.path.stem, "model_path": str(f.path)} for f in catalog.upscaler_files]
     return items
 
 
-def sd_models(manager) -> list[dict[str, Any]]:
+def sd_models(catalog: Catalog) -> list[dict[str, Any]]:
     def config(path: Path) -> str | None:
         sidecar = path.with_suffix(".yaml")
         return str(sidecar) if sidecar.is_file() else None
 
     return [{"title": c.title, "model_name": c.model_name, "hash": c.shorthash, "sha256": c.sha256,
-             "filename": str(c.path), "config": config(c.path)} for c in manager.checkpoints]
+             "filename": str(c.path), "config": config(c.path)} for c in catalog.checkpoints]
 
 
-def sd_vaes(manager) -> list[dict[str, str]]:
-    return [{"model_name": v.name, "filename": str(v.path)} for v in manager.vaes]
+def sd_vaes(catalog: Catalog) -> list[dict[str, str]]:
+    return [{"model_name": v.name, "filename": str(v.path)} for v in catalog.vaes]
 
 
-def face_restorers(manager) -> list[dict[str, Any]]:
-    restorers = getattr(manager, "face_restorers", None)
-    if restorers is None:
-        return []
-    items = []
-    for name in restorers.names():
-        file = restorers.file(name)
-        items.append({"name": name, "cmd_dir": str(file.path.parent) if file else None})
-    return items
+def face_restorers(catalog: Catalog) -> list[dict[str, Any]]:
+    return catalog.face_restorer_listing()
 
 
-def prompt_styles(manager) -> list[dict[str, str]]:
+def prompt_styles(catalog: Catalog) -> list[dict[str, str]]:
     return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
-            for s in styles.load_styles(manager.paths.styles_file).values()]
+            for s in catalog.styles().values()]
 
 
-def style_names(manager) -> list[str]:
-    return list(styles.load_styles(manager.paths.styles_file))
+def embeddings(catalog: Catalog) -> dict[str, Any]:
+    return catalog.embedding_listing()
 
 
-def embeddings(manager) -> dict[str, Any]:
-    model = manager.loaded
-    if model is None:
-        return {"loaded": {}, "skipped": {}}
-    database = manager.embeddings_for(model)
-
-    def item(embedding) -> dict[str, Any]:
-        widths = embedding.widths
-        shape = widths if isinstance(widths, int) else next(iter(widths.values()), 0)
-        return {"step": embedding.step, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": shape,
-                "vectors": embedding.vector_count}
-
-    return {"loaded": {name: item(e) for name, e in database.loaded.items()}, "skipped": dict(database.skipped)}
-
-
-def loras(manager) -> list[dict[str, Any]]:
-    def metadata(path: Path) -> dict[str, Any]:
-        try:
-            return lora.lora_metadata(path)
-        except Exception:  # an unreadable file still shows up, without metadata
-            return {}
-
-    return [{"name": f.name, "alias": f.alias, "path": str(f.path), "metadata": metadata(f.path)}
-            for f in manager.lora_files]
+def loras(catalog: Catalog) -> list[dict[str, Any]]:
+    return catalog.lora_listing()
 
 
 def memory() -> dict[str, Any]:

@@ -30,17 +30,15 @@ from modules.app.api.models import (EmbeddingsResponse, ExtrasBatchImagesRequest
                                 PromptStyleItem, SamplerItem, SchedulerItem, ScriptsList, SDModelItem,
                                 SDVaeItem, Txt2ImgApiRequest, UpscalerItem)
 from modules.app.api.progress import progress_of
-from modules.models.devices import is_out_of_memory
 from modules.service.generation_service import GenerationService
+from modules.io.extras_request import ExtrasFieldError, ExtrasRequest, ExtrasSource
 from modules.io.image_saving import read_parameters
 from modules.io.infotext import parse_generation_parameters
-from modules.service.job_queue import Job, JobIdInUseError, JobQueue, QueueFullError
-from modules.service.model_manager import NoCheckpointError, UnknownCheckpointError
-from modules.pipeline.processing import NonFiniteImageError
-from modules.models.safe_load import ModelFileError
+from modules.service.jobs import Job, JobInterrupted, QueueView
+from modules.service.failures import (MODEL_FILE_ERRORS, JobIdInUseError, NonFiniteImageError, QueueFullError,
+                                      UnknownCheckpointError, is_out_of_memory)
 from modules.service.settings_store import path_valued_keys
 from modules.app.short_errors import json_safe, short_message
-from modules.sampling.samplers import SamplingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +52,8 @@ class ApiContext:
     credentials: list[tuple[str, str]]
 
     @property
-    def manager(self):
-        return self.service.manager
+    def catalog(self):
+        return self.service.catalog
 
     @property
     def queue(self):
@@ -88,9 +86,9 @@ def http_error(error: BaseException, checkpoint_field: tuple = ("override_settin
         return HTTPException(429, str(error), headers={"Retry-After": str(error.retry_after)})
     if isinstance(error, JobIdInUseError):
         return HTTPException(409, str(error))
-    if isinstance(error, SamplingInterrupted):
+    if isinstance(error, JobInterrupted):
         return HTTPException(409, "the job was interrupted")
-    if isinstance(error, (NoCheckpointError, ModelFileError)):
+    if isinstance(error, MODEL_FILE_ERRORS):
         return HTTPException(503, str(error))
     if is_out_of_memory(error):
         return HTTPException(503, "the device ran out of memory for this job; try a smaller size or batch "
@@ -112,7 +110,7 @@ class Client:
     from the queue, or interrupted when running), unless --keep-abandoned-jobs."""
 
     request: Request
-    queue: JobQueue
+    queue: QueueView
 
     @classmethod
     def of(cls, request: Request, ctx: ApiContext) -> Client | None:
@@ -210,7 +208,7 @@ def _generation_routes(router: APIRouter, ctx: ApiContext, login) -> None:
         except ValidationError as e:
             raise http_error(e, loc_prefix=("override_settings",)) from None
         try:
-            check_names(api, ctx.manager.upscalers.names(), listings.style_names(ctx.manager))
+            check_names(api, ctx.catalog)
             request = await run_in_threadpool(prepare, api)
         except Exception as e:
             raise http_error(e) from None
@@ -245,8 +243,9 @@ def _control_routes(router: APIRouter, ctx: ApiContext, login) -> None:
     @router.get("/progress", response_model=ProgressResponse)
     def progressapi(skip_current_image: bool = False, id_task: str | None = Query(None, max_length=64)):
         job = ctx.queue.get(id_task) if id_task else ctx.queue.current
-        preview = not skip_current_image and ctx.service.settings.current.live_previews_enable
-        return progress_of(job, ctx.queue, preview).model_copy(update={"warmup": ctx.service.warmup_note()})
+        # The preview the worker made, if the job's settings asked for one; nothing is decoded here.
+        answer = progress_of(job, ctx.queue, not skip_current_image)
+        return answer.model_copy(update={"warmup": ctx.service.warmup_note()})
 
     @router.post("/interrupt")
     def interruptapi(id_task: str | None = Query(None, max_length=64), user: str | None = Depends(login)):
@@ -278,7 +277,7 @@ def _options_routes(router: APIRouter, ctx: ApiContext) -> None:
         try:
             settings, ignored = service.settings.validate_changes(req)
             if "sd_model_checkpoint" in req and settings.sd_model_checkpoint:
-                req = {**req, "sd_model_checkpoint": ctx.manager.find(settings.sd_model_checkpoint).title}
+                req = {**req, "sd_model_checkpoint": ctx.catalog.checkpoint_title(settings.sd_model_checkpoint)}
         except Exception as e:
             raise http_error(e, checkpoint_field=("sd_model_checkpoint",)) from None
         if ignored:
@@ -294,26 +293,26 @@ def _options_routes(router: APIRouter, ctx: ApiContext) -> None:
 
 
 def _listing_routes(router: APIRouter, ctx: ApiContext) -> None:
-    manager = ctx.manager
+    catalog = ctx.catalog
     router.get("/samplers", response_model=list[SamplerItem])(listings.samplers)
     router.get("/schedulers", response_model=list[SchedulerItem])(listings.schedulers)
     router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])(listings.latent_upscale_modes)
     router.get("/scripts", response_model=ScriptsList)(lambda: ScriptsList())
     router.get("/memory", response_model=MemoryResponse)(listings.memory)
-    router.get("/upscalers", response_model=list[UpscalerItem])(lambda: listings.upscalers_list(manager))
-    router.get("/sd-models", response_model=list[SDModelItem])(lambda: listings.sd_models(manager))
-    router.get("/sd-vae", response_model=list[SDVaeItem])(lambda: listings.sd_vaes(manager))
-    router.get("/face-restorers", response_model=list[FaceRestorerItem])(lambda: listings.face_restorers(manager))
-    router.get("/prompt-styles", response_model=list[PromptStyleItem])(lambda: listings.prompt_styles(manager))
-    router.get("/embeddings", response_model=EmbeddingsResponse)(lambda: listings.embeddings(manager))
-    router.get("/loras", response_model=list[LoraItem])(lambda: listings.loras(manager))
+    router.get("/upscalers", response_model=list[UpscalerItem])(lambda: listings.upscalers_list(catalog))
+    router.get("/sd-models", response_model=list[SDModelItem])(lambda: listings.sd_models(catalog))
+    router.get("/sd-vae", response_model=list[SDVaeItem])(lambda: listings.sd_vaes(catalog))
+    router.get("/face-restorers", response_model=list[FaceRestorerItem])(lambda: listings.face_restorers(catalog))
+    router.get("/prompt-styles", response_model=list[PromptStyleItem])(lambda: listings.prompt_styles(catalog))
+    router.get("/embeddings", response_model=EmbeddingsResponse)(lambda: listings.embeddings(catalog))
+    router.get("/loras", response_model=list[LoraItem])(lambda: listings.loras(catalog))
 
 
 def _model_routes(router: APIRouter, ctx: ApiContext) -> None:
-    manager, service = ctx.manager, ctx.service
+    catalog, service = ctx.catalog, ctx.service
 
     def refresh():
-        manager.refresh()
+        catalog.refresh()
         return None
 
     for path in ("/refresh-checkpoints", "/refresh-vae", "/refresh-loras", "/refresh-embeddings"):
@@ -331,28 +330,36 @@ def _model_routes(router: APIRouter, ctx: ApiContext) -> None:
 
 
 def _extras_routes(router: APIRouter, ctx: ApiContext) -> None:
-    from modules.app.api import extras_jobs
+    """Nothing is saved, as in AUTOMATIC1111's API; each result carries its source's parameters."""
+
+    def submit(req: ExtrasRequest, images: list[tuple[str, str]]):
+        sources = [ExtrasSource.of(decode_image(data, field), field) for field, data in images]
+        try:
+            return ctx.service.submit_extras(req, sources, save=False)
+        except ExtrasFieldError as e:
+            raise FieldError(e.field, e.message) from None
+
+    async def run(req: ExtrasRequest, images: list[tuple[str, str]], request: Request) -> list:
+        try:
+            job = await run_in_threadpool(submit, req, images)
+        except Exception as e:
+            raise http_error(e) from None
+        _, outputs = await run_job(lambda: job, Client.of(request, ctx))
+        return outputs
+
+    def html_info(output) -> str:
+        return "\n".join([output.info, *output.notes]).strip()
 
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
     async def extras_single_image_api(req: ExtrasSingleImageRequest, request: Request):
-        try:
-            job = await run_in_threadpool(extras_jobs.submit, ctx.manager, ctx.queue, req, [("image", req.image)])
-        except Exception as e:
-            raise http_error(e) from None
-        _, results = await run_job(lambda: job, Client.of(request, ctx))
-        image = results[0]
-        return ExtrasSingleImageResponse(html_info=image.info, image=await run_in_threadpool(encode_png, image.image,
-                                                                                             image.infotext))
+        [output] = await run(req, [("image", req.image)], request)
+        return ExtrasSingleImageResponse(html_info=html_info(output),
+                                         image=await run_in_threadpool(encode_png, output.image,
+                                                                       output.source_parameters))
 
     @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
     async def extras_batch_images_api(req: ExtrasBatchImagesRequest, request: Request):
-        sources = [(f"imageList.{i}.data", item.data) for i, item in enumerate(req.imageList)]
-        try:
-            job = await run_in_threadpool(extras_jobs.submit, ctx.manager, ctx.queue, req, sources)
-        except Exception as e:
-            raise http_error(e) from None
-        _, results = await run_job(lambda: job, Client.of(request, ctx))
-        images = await run_in_threadpool(lambda: [encode_png(r.image, r.infotext) for r in results])
-        return ExtrasBatchImagesResponse(html_info="\n".join(r.info for r in results), images=images)
-
-
+        outputs = await run(req, [(f"imageList.{i}.data", item.data) for i, item in enumerate(req.imageList)],
+                            request)
+        images = await run_in_threadpool(lambda: [encode_png(o.image, o.source_parameters) for o in outputs])
+        return ExtrasBatchImagesResponse(html_info="\n".join(html_info(o) for o in outputs), images=images)

@@ -15,28 +15,31 @@ from typing import Any
 import gradio as gr
 from pydantic import ValidationError
 
-from modules.service.generation_service import GenerationService
-from modules.service.job_queue import QueueFullError
-from modules.service.model_manager import ModelManager, NoCheckpointError
-from modules.models.safe_load import ModelFileError
-from modules.service.settings_store import SettingsStore
 from modules.app.short_errors import short_message
+from modules.service.catalog import Catalog
+from modules.service.failures import MODEL_FILE_ERRORS, QueueFullError
+from modules.service.generation_service import GenerationService
+from modules.service.settings_store import SettingsStore
 
 log = logging.getLogger("ui")
 
 # Failures a user can act on; they become a message on the page, never a traceback.
-USER_ERRORS = (ValidationError, NoCheckpointError, ModelFileError, QueueFullError, ValueError, KeyError)
+USER_ERRORS = (ValidationError, *MODEL_FILE_ERRORS, QueueFullError, ValueError, KeyError)
 
 
 @dataclass
 class UiContext:
-    """What the page is built over: one service (model manager, queue, saved settings) and the flags."""
+    """What the page is built over: one service (its catalog of choices, saved settings) and the flags."""
 
     service: GenerationService
     args: argparse.Namespace | None = None
 
     @property
-    def manager(self) -> ModelManager:
+    def catalog(self) -> Catalog:
+        return self.service.catalog
+
+    @property
+    def manager(self):
         return self.service.manager
 
     @property
@@ -95,14 +98,5 @@ def user_error(error: BaseException) -> gr.Error:
     return refusal(str(error))
 
 
-def checkpoint_titles(manager: ModelManager) -> list[str]:
-    return [c.title for c in manager.checkpoints]
-
-
-def default_size(manager: ModelManager) -> int:
-    """The default checkpoint's native size: a 512 default would tile a small model."""
-    try:
-        return manager.native_size(manager.default_checkpoint()) or 512
-    except NoCheckpointError:
-        return 512
-
+def default_size(manager) -> int:  # TODO(issue 21): callers move to ctx.catalog.default_size()
+    return Catalog(manager).default_size()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from modules.io.generation_request import Img2ImgRequest
 from modules.app.ui import params
-from modules.app.ui.common import USER_ERRORS, Fields, UiContext, default_size, refusal, user_error
+from modules.app.ui.common import USER_ERRORS, Fields, UiContext, refusal, user_error
 from modules.app.ui.components import CheckedImage
 from modules.app.ui.generation import notes_of, results_of
 from modules.app.ui.progress import (ActiveJobs, ProgressArea, build_progress_bar, cleared_on, stream_job,
@@ -104,7 +104,7 @@ def build_img2img(ctx: UiContext, active: ActiveJobs) -> Img2ImgTab:
             fields.add("resize_mode", gr.Radio(RESIZE_MODES, value=RESIZE_MODES[0], type="index", label="Resize mode",
                                                elem_id="resize_mode"))
             params.sampler_controls(fields, TAB)
-            params.size_controls(fields, TAB, default_size(ctx.manager))
+            params.size_controls(fields, TAB, ctx.catalog.default_size())
             params.batch_controls(fields, TAB)
             params.request_slider(fields, TAB, "denoising_strength", "Denoising strength", 0.01, model=Img2ImgRequest)
             params.seed_controls(fields, TAB)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gradio as gr
 
-from modules.postprocess import upscalers
 from modules.io.generation_request import Txt2ImgRequest
 from modules.sampling.registry import sampler_names
 from modules.sampling.schedules import schedule_labels
@@ -81,7 +80,7 @@ def hires_controls(fields: Fields, tab: str, ctx: UiContext) -> None:
     with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hr"):
         fields.add("enable_hr", gr.Checkbox(label="Enable", value=False, elem_id=f"{tab}_enable_hr"))
         with gr.Row():
-            choices = [*upscalers.LATENT_MODES, "Lanczos", "Nearest", *ctx.manager.upscalers.names()]
+            choices = ctx.catalog.hires_upscalers()
             fields.add("hr_upscaler", gr.Dropdown(label="Upscaler", choices=choices, value=DEFAULTS.hr_upscaler,
                                                   elem_id=f"{tab}_hr_upscaler"))
             request_slider(fields, tab, "hr_second_pass_steps", "Hires steps", 1)

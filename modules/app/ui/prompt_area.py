@@ -25,19 +25,6 @@ class PromptArea:
     negative_tokens: gr.Markdown
 
 
-def prompt_token_count(model, text: str) -> tuple[int, int]:
-    """Tokens of the longest text the prompt schedules, as AUTOMATIC1111's counter shows them."""
-    from modules.models import lora
-    from modules.pipeline import prompt_parser
-    from modules.pipeline.text_encoding import count_tokens
-
-    text, _ = lora.parse_lora_tags(prompt_parser.strip_comments(text))
-    texts = [t for t, _ in prompt_parser.parse_and(text)] or [text]
-    counts = [count_tokens(model, scheduled) for part in texts
-              for scheduled in prompt_parser.schedule_for(part, 20, negative=True).distinct_texts()]
-    return max(counts, key=lambda c: c[0])
-
-
 def build_prompt_area(ctx: UiContext, tab: str) -> PromptArea:
     fields = Fields()
     with gr.Row(elem_id=f"{tab}_toprow", elem_classes=["toprow"]):
@@ -73,11 +60,8 @@ def build_prompt_area(ctx: UiContext, tab: str) -> PromptArea:
 
 def wire_prompt_area(ctx: UiContext, area: PromptArea) -> None:
     def token_counter(text: str) -> str:
-        model = ctx.manager.loaded
-        if model is None or not text:
-            return ""
-        used, limit = prompt_token_count(model, text)
-        return f"{used}/{limit}"
+        counted = ctx.catalog.prompt_tokens(text)
+        return "" if counted is None else f"{counted[0]}/{counted[1]}"
 
     prompt, negative = area.fields["prompt"], area.fields["negative_prompt"]
     prompt.change(token_counter, inputs=[prompt], outputs=[area.prompt_tokens], show_progress="hidden",
@@ -87,7 +71,7 @@ def wire_prompt_area(ctx: UiContext, area: PromptArea) -> None:
 
     def apply(text: str, negative_text: str, chosen: list[str]):
         """Write the chosen styles into the prompts and clear the choice, so they apply only once."""
-        known = style_files.load_styles(ctx.manager.paths.styles_file)
+        known = ctx.catalog.styles()
         try:
             text, negative_text = style_files.apply_styles(text, negative_text, chosen or [], known)
         except style_files.UnknownStyleError as e:

@@ -72,7 +72,7 @@ def setting_message(error: ValidationError) -> str:
 def control_for(ctx: UiContext, key: str, info: FieldInfo, value) -> gr.components.Component:
     label, elem_id = label_of(key), f"setting_{key}"
     if key == "face_restoration_model":
-        choices = list(dict.fromkeys([*ctx.manager.face_restorers.names(), "CodeFormer", "GFPGAN"]))
+        choices = list(dict.fromkeys([*ctx.catalog.face_restorer_names(), "CodeFormer", "GFPGAN"]))
         return gr.Dropdown(choices, value=value, label=label, elem_id=elem_id)
     choices = _literal_choices(info.annotation)
     if choices is not None:

@@ -36,12 +36,12 @@ def style_names(ctx: UiContext) -> list[str]:
 
 
 def _load(ctx: UiContext) -> dict[str, style_files.PromptStyle]:
-    return style_files.load_styles(ctx.manager.paths.styles_file)
+    return ctx.catalog.styles()
 
 
 def build_style_editor(ctx: UiContext, tab: str) -> StyleEditor:
     with gr.Column(visible=False, variant="panel", elem_id=f"{tab}_style_editor") as panel:
-        gr.Markdown(f"**Edit style** · saved in `{ctx.manager.paths.styles_file.name}`")
+        gr.Markdown(f"**Edit style** · saved in `{ctx.catalog.styles_file.name}`")
         name = gr.Dropdown(label="Style name", choices=style_names(ctx), value=None, allow_custom_value=True,
                            elem_id=f"{tab}_style_name", info="Pick a style to change it, or type a new name")
         prompt = gr.Textbox(label="Style prompt", lines=2, max_lines=8, elem_id=f"{tab}_style_prompt",
@@ -59,7 +59,7 @@ def _write(ctx: UiContext, change) -> None:
     with _WRITE_LOCK:
         known = _load(ctx)
         change(known)
-        style_files.save_styles(ctx.manager.paths.styles_file, known.values())
+        style_files.save_styles(ctx.catalog.styles_file, known.values())
 
 
 def save_style(ctx: UiContext, name: str | None, prompt: str, negative_prompt: str) -> str:

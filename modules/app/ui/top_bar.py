@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import gradio as gr
 from pydantic import ValidationError
 
-from modules.models import vae as vae_files
-from modules.service.model_manager import NoCheckpointError
-from modules.app.ui.common import USER_ERRORS, UiContext, checkpoint_titles, refusal, user_error
+from modules.service.failures import NoCheckpointError
+from modules.app.ui.common import USER_ERRORS, UiContext, refusal, user_error
 from modules.app.ui.settings import setting_message
 
 
@@ -27,20 +26,20 @@ class TopBar:
 
 
 def vae_choices(ctx: UiContext) -> list[str]:
-    return [vae_files.AUTOMATIC, vae_files.NONE, *(v.name for v in ctx.manager.vaes)]
+    return ctx.catalog.vae_choices()
 
 
 def current_checkpoint(ctx: UiContext) -> str | None:
     try:
         return ctx.service.checkpoint_for(ctx.settings.current).title
     except (NoCheckpointError, ValueError):
-        titles = checkpoint_titles(ctx.manager)
+        titles = ctx.catalog.checkpoint_titles()
         return titles[0] if titles else None
 
 
 def status_text(ctx: UiContext) -> str:
-    if not ctx.manager.checkpoints:
-        folders = ", ".join(f"`{p}`" for p in ctx.manager.paths.checkpoint_dirs)
+    if not ctx.catalog.checkpoints:
+        folders = ", ".join(f"`{p}`" for p in ctx.catalog.checkpoint_dirs)
         return f"**No checkpoint is present.** Put a `.safetensors` or `.ckpt` file in {folders} and press ↻."
     return ""
 
@@ -48,7 +47,7 @@ def status_text(ctx: UiContext) -> str:
 def build_top_bar(ctx: UiContext) -> TopBar:
     settings = ctx.settings.current
     with gr.Row(elem_id="quicksettings", equal_height=True):
-        checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=checkpoint_titles(ctx.manager),
+        checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=ctx.catalog.checkpoint_titles(),
                                  value=current_checkpoint(ctx), elem_id="sd_checkpoint", scale=4, min_width=240)
         refresh = gr.Button("↻", elem_id="refresh_checkpoints", scale=0, min_width=44,
                             elem_classes=["tool"])
@@ -58,7 +57,7 @@ def build_top_bar(ctx: UiContext) -> TopBar:
         clip_skip = gr.Number(value=settings.CLIP_stop_at_last_layers, step=1, precision=0, label="Clip skip",
                               elem_id="clip_skip", scale=1, min_width=110)
     status = gr.Markdown(status_text(ctx), elem_id="status")
-    if ctx.manager.policy.compile:
+    if ctx.catalog.compiles:
         _warmup_status(ctx)
     return TopBar(checkpoint, refresh, vae, clip_skip, status)
 
@@ -75,19 +74,19 @@ def _warmup_status(ctx: UiContext) -> None:
 
 def wire_top_bar(ctx: UiContext, bar: TopBar) -> None:
     def refresh(current: str | None, vae: str):
-        ctx.manager.refresh()
-        titles = checkpoint_titles(ctx.manager)
+        ctx.catalog.refresh()
+        titles = ctx.catalog.checkpoint_titles()
         value = current if current in titles else current_checkpoint(ctx)
         choices = vae_choices(ctx)
-        return (gr.Dropdown(choices=titles, value=value), gr.Dropdown(choices=choices, value=vae if vae in choices
-                                                                    else vae_files.AUTOMATIC), status_text(ctx))
+        return (gr.Dropdown(choices=titles, value=value),
+                gr.Dropdown(choices=choices, value=vae if vae in choices else choices[0]), status_text(ctx))
 
     bar.refresh.click(refresh, inputs=[bar.checkpoint, bar.vae], outputs=[bar.checkpoint, bar.vae, bar.status])
 
     def change_vae(choice: str) -> str:
         try:
             ctx.settings.update({"sd_vae": choice})
-            if ctx.manager.loaded is not None:
+            if ctx.catalog.loaded() is not None:
                 ctx.service.load_model().wait()
         except USER_ERRORS as e:
             raise user_error(e) from None
@@ -114,7 +113,7 @@ def switch_checkpoint(ctx: UiContext, title: str | None) -> tuple[str, int | Non
         info = ctx.service.set_checkpoint(title)
     except USER_ERRORS as e:
         raise user_error(e) from None
-    model = ctx.manager.loaded
+    model = ctx.catalog.loaded()
     native = model.native_size if model is not None else None
     family = f"{model.family}, " if model is not None else ""
     return f"Loaded `{info.title}` ({family}native size {native}x{native}).", native

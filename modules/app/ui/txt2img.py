@@ -8,7 +8,7 @@ import gradio as gr
 
 from modules.io.generation_request import Txt2ImgRequest
 from modules.app.ui import params
-from modules.app.ui.common import Fields, UiContext, default_size
+from modules.app.ui.common import Fields, UiContext
 from modules.app.ui.generation import notes_of, results_of
 from modules.app.ui.midjourney import MidjourneyControls, build_midjourney_controls, grid_request, wire_midjourney
 from modules.app.ui.progress import (ActiveJobs, ProgressArea, build_progress_bar, cleared_on, stream_job,
@@ -35,7 +35,7 @@ def build_txt2img(ctx: UiContext, active: ActiveJobs) -> Txt2ImgTab:
     with gr.Row(elem_id=f"{TAB}_main", equal_height=False):
         with gr.Column(scale=5, min_width=300, elem_id=f"{TAB}_settings"):
             params.sampler_controls(fields, TAB)
-            params.size_controls(fields, TAB, default_size(ctx.manager))
+            params.size_controls(fields, TAB, ctx.catalog.default_size())
             params.batch_controls(fields, TAB)
             _, reuse = params.seed_controls(fields, TAB)
             params.hires_controls(fields, TAB, ctx)
