@@ -35,7 +35,6 @@ def create_app(args, manager, paths, settings=None):
         app = gr.mount_gradio_app(app, build_ui(service, args), path="/")
     install_short_validation_errors(app)
     app.add_middleware(HttpGuard, config=guard_config(args), routes=app.router.routes)
-    install_test_faults(service)
     return app
 
 
@@ -91,14 +90,6 @@ def install_short_validation_errors(app) -> None:
     for target in [app, *(route.app for route in app.routes if isinstance(route, Mount))]:
         if hasattr(target, "add_exception_handler"):
             target.add_exception_handler(RequestValidationError, answer)
-
-
-def install_test_faults(service) -> None:
-    """Fault injection for the test suite only, enabled by an environment variable."""
-    if os.environ.get("SD_WEBUI_TEST_FAULTS"):
-        from modules.security_faults import install
-
-        install(service, os.environ["SD_WEBUI_TEST_FAULTS"])
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -21,7 +21,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, *flags: str, data_dir: Path, timeout: float = 120):
+    def __init__(self, *flags: str, data_dir: Path, timeout: float = 120, script: Path = ROOT / "webui.py"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(data_dir) / "server.log"
@@ -29,7 +29,7 @@ class ServerProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "COMMANDLINE_ARGS": ""}
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "webui.py"), "--port", str(self.port), "--data-dir", str(data_dir), *flags],
+            [sys.executable, str(script), "--port", str(self.port), "--data-dir", str(data_dir), *flags],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_ready(timeout)
 

@@ -1,17 +1,22 @@
 """Fault injection for the test suite: makes chosen jobs fail the way real hardware does.
 
-Only installed when the environment variable SD_WEBUI_TEST_FAULTS is set (webui.create_app); the
-normal start-up path never imports this module. Supported value:
+`python tests/security_faults.py <webui flags>` starts the server as webui.py does, with the faults
+installed (tests/server_process.py, `script=FAULTY_SERVER`):
 
-    oom   a generation whose prompt contains OOM_MARKER raises torch.cuda.OutOfMemoryError at
-          sampler step OOM_AT_STEP, as a GPU that runs out of memory mid-job does.
+    a generation whose prompt contains OOM_MARKER raises torch.cuda.OutOfMemoryError at sampler
+    step OOM_AT_STEP, as a GPU that runs out of memory mid-job does.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+FAULTY_SERVER = Path(__file__)
 
 OOM_MARKER = "__inject_cuda_oom__"
 OOM_AT_STEP = 3
@@ -22,19 +27,17 @@ class _Arming(threading.local):
 
 
 def _oom_at_step(job) -> None:
-    original = job.step_callback
+    original = job.progress.on_step
 
-    def step_callback(info: dict) -> None:
-        if info.get("i", 0) + 1 >= OOM_AT_STEP:
+    def on_step(i: int) -> None:
+        if i + 1 >= OOM_AT_STEP:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected fault)")
-        original(info)
+        original(i)
 
-    job.step_callback = step_callback
+    job.progress.on_step = on_step
 
 
-def install(service, spec: str) -> None:
-    if spec != "oom":
-        raise ValueError(f"unknown SD_WEBUI_TEST_FAULTS value {spec!r}")
+def install(service) -> None:
     arming = _Arming()
     submit_generation, submit_job = service.submit, service.queue.submit
 
@@ -55,3 +58,22 @@ def install(service, spec: str) -> None:
 
     service.submit = submit
     service.queue.submit = queue_submit
+
+
+def main(argv: list[str]) -> None:
+    sys.path.insert(0, str(ROOT))
+    import webui
+
+    build = webui.create_app
+
+    def create_app(*args, **kwargs):
+        app = build(*args, **kwargs)
+        install(app.state.service)
+        return app
+
+    webui.create_app = create_app
+    webui.main(argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
