@@ -19,10 +19,9 @@ import numpy as np
 from PIL import Image
 from zlib_ng import zlib_ng
 
-# zlib-ng's level 2 (deflate_fast with SIMD match finding), measured on one core for a 1024x1024
-# generated-looking image: 41 ms against 51 ms for zlib's level 1 and 76 ms for its default level 6,
-# and smaller files than either (ratio 0.657 against 0.705 and 0.681); 3x faster than zlib's level 1 on
-# photographs. The stream is ordinary deflate: every PNG decoder reads it.
+# zlib-ng's level 2 (deflate_fast with SIMD match finding) is faster than zlib's level 1 and writes smaller
+# files than zlib's default level (bench/RESULTS.md, fourth series). The stream is ordinary deflate: every
+# PNG decoder reads it.
 LEVEL = 2
 _MIN_PIECE = 128 * 1024  # smaller pieces cost more in thread hand-off and priming than they save
 _WINDOW = 32 * 1024  # deflate's window: each piece is primed with this much of what precedes it
