@@ -1,12 +1,28 @@
-"""The job queue: FIFO on one worker, bounded, per-job interrupt/skip and progress."""
+"""The job queue: FIFO on one worker, bounded, per-job interrupt/skip and progress (as the service's
+step reporter records them from the pipeline's sampling steps)."""
 
 import threading
 import time
 
 import pytest
+import torch
 
+from modules.pipeline.progress import SamplingInterrupted, SamplingStep
 from modules.service.job_queue import JobCancelled, JobIdInUseError, JobQueue, JobState, QueueFullError
-from modules.sampling.samplers import SamplingInterrupted
+from modules.service.jobs import JobInterrupted
+from modules.service.step_reporting import JobStepReporter, PreviewSchedule
+from tiny_models import load_tiny_model
+
+NO_PREVIEWS = PreviewSchedule("Approx cheap", 0)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+def _step(i: int, total: int) -> SamplingStep:
+    return SamplingStep(i, total, torch.zeros(1, 4, 8, 8))
 
 
 def _blocker():
@@ -70,16 +86,17 @@ def test_failed_job_reports_its_error_and_the_worker_goes_on():
     assert after.wait(5) == "fine"
 
 
-def test_interrupt_stops_at_the_next_step_and_skip_only_the_current_batch():
+def test_interrupt_stops_at_the_next_step_and_skip_only_the_current_batch(model):
     queue = JobQueue()
     reached = threading.Event()
     log = []
 
     def sampler_like(job):
+        report = JobStepReporter(job, model, NO_PREVIEWS)
         for batch in range(3):
             try:
                 for i in range(1000):
-                    job.step_callback({"i": i})
+                    report(_step(i, 1000))
                     log.append((batch, i))
                     if batch == 0 and i == 2:
                         job.skip()
@@ -100,13 +117,14 @@ def test_interrupt_stops_at_the_next_step_and_skip_only_the_current_batch():
     assert job.progress.job_no == 2
 
 
-def test_progress_fraction_and_eta():
+def test_progress_fraction_and_eta(model):
     queue = JobQueue()
     seen = {}
 
     def work(job):
+        report = JobStepReporter(job, model, NO_PREVIEWS)
         for i in range(4):
-            job.step_callback({"i": i})
+            report(_step(i, 4))
             time.sleep(0.01)
         seen["fraction"] = job.progress.fraction
         seen["eta"] = job.progress.eta()
@@ -152,3 +170,23 @@ def test_a_cancelled_queued_job_never_runs_and_its_waiters_get_an_error():
     release.set()
     assert behind.wait(5) == "served" and ran == []
     assert not queue.cancel(behind, "finished")
+
+
+def test_work_without_steps_stops_when_interrupted_and_its_waiters_are_told():
+    queue = JobQueue()
+    started, tiles = threading.Event(), []
+
+    def tiles_like(job):
+        while True:
+            started.set()
+            job.check_interrupt()
+            tiles.append(len(tiles))
+            time.sleep(0.01)
+
+    job = queue.submit("extras", tiles_like)
+    assert started.wait(5)
+    job.interrupt()
+    with pytest.raises(JobInterrupted):
+        job.wait(5)
+    assert job.state == JobState.FAILED and job.interrupted
+    assert queue.submit("next", lambda j: "served").wait(5) == "served"

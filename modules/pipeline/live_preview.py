@@ -1,14 +1,26 @@
-"""A cheap live preview of a running generation: latents to RGB by a fixed linear map.
+"""Live previews of a running generation, made on the worker from a sampling step's x0 estimate.
 
-AUTOMATIC1111's "Approx cheap" coefficients for 4-channel SD latents; no VAE call, so a preview
-costs microseconds and never competes with the job for the device.
+    "Approx cheap": AUTOMATIC1111's linear latent->RGB map for 4-channel SD latents; no VAE call.
+    "Full": the job's own VAE, as the model holds it. A preview never changes the model: where a
+            half-precision decode gives NaN, the image's decode switches the VAE to float32, a
+            preview is just left out.
+
+A preview is started on the model's device and copied to pinned host memory without waiting, so
+sampling never stalls for one; it is ready a step or so later (at once on the CPU).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 import torch
 from PIL import Image
+
+from modules.models.sd_model import StableDiffusionModel
+
+PreviewMethod = Literal["Approx cheap", "Full"]
 
 SD_LATENT_RGB = torch.tensor([
     [0.298, 0.207, 0.208],
@@ -18,11 +30,74 @@ SD_LATENT_RGB = torch.tensor([
 ])
 
 
-def latent_preview(latent: torch.Tensor | None) -> Image.Image | None:
-    """The first image of a [B, 4, h, w] latent batch as a small RGB image; None for other shapes."""
-    if latent is None or latent.ndim != 4 or latent.shape[1] != SD_LATENT_RGB.shape[0]:
+def preview_method(asked: PreviewMethod, model: StableDiffusionModel) -> PreviewMethod:
+    """What the worker makes: full previews only where the VAE sits on the device beside the UNet; in
+    --medvram/--lowvram each one would move the UNet off the device and back."""
+    return asked if model.policy.memory_mode == "normal" else "Approx cheap"
+
+
+def _to_uint8(rgb: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] RGB in any layout -> 0..255 bytes."""
+    return ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def cheap_pixels(latents: torch.Tensor) -> torch.Tensor | None:
+    """[B, 4, h, w] latents -> [B, h, w, 3] bytes on the latents' device; None for other shapes."""
+    if latents.ndim != 4 or latents.shape[1] != SD_LATENT_RGB.shape[0]:
         return None
-    sample = latent[0].detach().float().cpu()
-    rgb = torch.einsum("lhw,lr->hwr", sample, SD_LATENT_RGB)
-    pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
-    return Image.fromarray(np.ascontiguousarray(pixels))
+    rgb = torch.einsum("blhw,lr->bhwr", latents.float(), SD_LATENT_RGB.to(latents.device))
+    return _to_uint8(rgb)
+
+
+@torch.no_grad()
+def vae_pixels(model: StableDiffusionModel, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, H, W, 3] bytes decoded by the model's VAE in the dtype it has now, and whether every value was finite
+    (a device scalar: reading it would wait for the decode)."""
+    decoded = model.vae_decode((latents / model.scale_factor).to(model.policy.device, model.policy.vae_dtype))
+    return _to_uint8(decoded.permute(0, 2, 3, 1)), torch.isfinite(decoded).all()
+
+
+def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.device.type != "cuda":
+        return tensor.cpu()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
+
+
+@dataclass
+class PendingPreview:
+    """Preview pixels on their way to the host; `images()` once `ready()`."""
+
+    pixels: torch.Tensor  # [B, H, W, 3] uint8, on the host
+    finite: torch.Tensor  # bool scalar, on the host
+    copied: torch.cuda.Event | None  # recorded after the copies; None when they were synchronous
+
+    def ready(self) -> bool:
+        return self.copied is None or self.copied.query()
+
+    def images(self) -> list[Image.Image] | None:
+        """One image per latent of the batch; None when the decode was not finite (no preview this time)."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        if not bool(self.finite):
+            return None
+        return [Image.fromarray(np.ascontiguousarray(array)) for array in self.pixels.numpy()]
+
+
+@torch.no_grad()
+def start_preview(model: StableDiffusionModel, latents: torch.Tensor, method: PreviewMethod) -> PendingPreview | None:
+    """Start a preview of `latents` (a step's x0 estimate) with `method`; None when the latents cannot be shown
+    (the cheap map knows 4-channel latents only)."""
+    if method == "Full":
+        pixels, finite = vae_pixels(model, latents)
+    else:
+        pixels = cheap_pixels(latents.detach())
+        if pixels is None:
+            return None
+        finite = torch.isfinite(latents).all()
+    pixels, finite = _to_host(pixels), _to_host(finite)
+    copied = None
+    if latents.is_cuda:
+        copied = torch.cuda.Event()
+        copied.record()
+    return PendingPreview(pixels, finite, copied)

@@ -1,9 +1,9 @@
 """Progress of a queued job on the page: a bar with step count and ETA, a live preview, Interrupt/Skip.
 
-The handler that submitted a job follows it here until it is done; previews are the cheap
-latent->RGB approximation (works for any model, costs no device time) unless the settings ask
-for a full VAE decode. Interrupt and Skip act on the job of the browser session that pressed
-them, so one person cannot stop another's generation.
+The handler that submitted a job follows it here until it is done, showing each new live preview
+the worker has made (how and how often is the settings' business, frozen into the job); nothing here
+decodes anything. Interrupt and Skip act on the job of the browser session that pressed them, so
+one person cannot stop another's generation.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from dataclasses import dataclass
 import gradio as gr
 from PIL import Image
 
-from modules.service.job_queue import Job, JobQueue, JobState
-from modules.pipeline.live_preview import latent_preview
-from modules.service.settings_store import Settings
+from modules.service.jobs import Job, JobInterrupted, JobState, QueueView
 
 POLL_SECONDS = 0.3
 
@@ -72,13 +70,13 @@ def bar_html(fraction: float, text: str, state: str = "running") -> str:
             f'<span class="progress-text">{html.escape(text)}</span></div>')
 
 
-def progress_text(job: Job, queue: JobQueue, note: str | None = None) -> tuple[float, str]:
+def progress_text(job: Job, queue: QueueView, note: str | None = None) -> tuple[float, str]:
     """The bar's fraction and text; `note` (e.g. a compilation running in the background) is appended."""
     fraction, text = _progress_text(job, queue)
     return fraction, f"{text} · {note}" if note else text
 
 
-def _progress_text(job: Job, queue: JobQueue) -> tuple[float, str]:
+def _progress_text(job: Job, queue: QueueView) -> tuple[float, str]:
     if job.state == JobState.QUEUED:
         return 0.0, f"In queue: {queue.position(job)}/{len(queue.pending())}"
     progress = job.progress
@@ -94,41 +92,17 @@ def _progress_text(job: Job, queue: JobQueue) -> tuple[float, str]:
     return progress.fraction, " · ".join(parts)
 
 
-def preview_every(settings: Settings) -> int:
-    """Steps between previews; 0 when previews are off (-1 means "only at the end" in AUTOMATIC1111)."""
-    if not settings.live_previews_enable or settings.show_progress_every_n_steps <= 0:
-        return 0
-    return settings.show_progress_every_n_steps
-
-
-def _previews(job: Job, full_decode: object | None) -> list[Image.Image] | None:
-    """A preview of each image of the batch being sampled, so the gallery shows as many as will come."""
-    latent = job.progress.latest_latent
-    if latent is None:
-        return None
-    if full_decode is not None:
-        try:
-            return list(full_decode(latent))
-        except Exception:  # a decode racing the end of the job: the cheap preview will do
-            pass
-    previews = [latent_preview(latent[i:i + 1]) for i in range(latent.shape[0])] if latent.ndim == 4 else []
-    return [preview for preview in previews if preview is not None] or None
-
-
-def follow(job: Job, queue: JobQueue, settings: Settings, full_decode=None,
-           note: Callable[[], str | None] = lambda: None) -> Iterator[ProgressView]:
-    """Views of the job's progress until it is done; a new preview every N steps."""
-    every = preview_every(settings)
-    shown_step = -1
+def follow(job: Job, queue: QueueView, note: Callable[[], str | None] = lambda: None) -> Iterator[ProgressView]:
+    """Views of the job's progress until it is done, with each new preview the worker made."""
+    shown = 0
     done = threading.Event()
     job.add_done_callback(lambda _job: done.set())
     while not job.done:
         fraction, text = progress_text(job, queue, note())
+        preview = job.progress.preview
         previews = None
-        step = job.progress.step + job.progress.job_no * job.progress.steps
-        if every and job.state == JobState.RUNNING and step != shown_step and step % every == 0:
-            previews = _previews(job, full_decode)
-            shown_step = step if previews is not None else shown_step
+        if preview is not None and preview.number != shown:
+            previews, shown = list(preview.images), preview.number
         yield ProgressView(bar_html(fraction, text), previews)
         done.wait(POLL_SECONDS)
 
@@ -138,18 +112,6 @@ def finished_html(job: Job, seconds: float, note: str = "") -> str:
         return bar_html(1.0, f"Failed after {_seconds(seconds)}", "failed")
     text = f"{'Interrupted' if job.interrupted else 'Done'} in {seconds:.1f}s"
     return bar_html(1.0, f"{text}{' · ' + note if note else ''}", "interrupted" if job.interrupted else "done")
-
-
-def full_decoder(settings: Settings, manager) -> object | None:
-    """A decoder of latents with the loaded VAE when the settings ask for full previews, else None."""
-    if getattr(settings, "show_progress_type", "Approx cheap") != "Full":
-        return None
-    from modules.pipeline.processing import decode_latents
-
-    model = manager.loaded
-    if model is None or model.policy.memory_mode != "normal":
-        return None  # --medvram/--lowvram: a decode beside sampling would move the UNet off the GPU mid-step
-    return lambda latent: decode_latents(model, latent)
 
 
 def cleared_on(listener, area: ProgressArea):
@@ -191,7 +153,6 @@ def stream_job(ctx, active: ActiveJobs, tab: str, session: str, area: ProgressAr
     A generator for a Gradio handler: every item is a dict of component updates. Interrupted
     sampling still returns the images made so far, as AUTOMATIC1111 does.
     """
-    from modules.sampling.samplers import SamplingInterrupted
     from modules.app.ui.common import USER_ERRORS, user_error
 
     try:
@@ -200,11 +161,10 @@ def stream_job(ctx, active: ActiveJobs, tab: str, session: str, area: ProgressAr
         raise user_error(e) from None
     active.start(session, tab, job)
     started = time.monotonic()
-    decoder = full_decoder(ctx.settings.current, ctx.manager)
     yield {area.bar: bar_html(0.0, "Queued…")}
     previewed = False
     try:
-        for view in follow(job, ctx.service.queue, ctx.settings.current, decoder, ctx.service.warmup_note):
+        for view in follow(job, ctx.service.queue, ctx.service.warmup_note):
             update = {area.bar: view.html}
             if view.previews:
                 update[area.preview] = preview_gallery(view.previews)
@@ -219,7 +179,7 @@ def stream_job(ctx, active: ActiveJobs, tab: str, session: str, area: ProgressAr
     unfinished = {area.preview: gr.Gallery(value=None)} if previewed else {}
     try:
         result = job.wait(0)
-    except SamplingInterrupted:
+    except JobInterrupted:
         yield {area.bar: bar_html(1.0, "Interrupted before any image was made", "interrupted"), **unfinished}
         return
     except USER_ERRORS as e:
