@@ -18,7 +18,8 @@ from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
 from modules.app import cmd_args
 from modules.postprocess.face_restoration import (FFHQ_TEMPLATE_512, FaceRestorers, HaarFaceDetector, alignment_matrix, blend,
                                       landmarks_from_eyes)
-from modules.postprocess.extras import ExtrasSettings, run_extras
+from modules.io.extras_request import ExtrasRequest
+from modules.postprocess.extras import run_extras
 from modules.io.generation_request import Txt2ImgRequest
 from modules.io.paths import Paths
 from modules.pipeline.processing import Resources, txt2img
@@ -221,12 +222,12 @@ def test_txt2img_restore_faces_uses_the_chosen_restorer_and_says_so(restorers, t
 
 
 def test_extras_restore_faces_then_upscale(restorers, astronaut):
-    settings = ExtrasSettings(gfpgan_visibility=0.5, upscaler_1="Lanczos", upscaling_resize=1.5)
+    settings = ExtrasRequest(gfpgan_visibility=0.5, upscaler_1="Lanczos", upscaling_resize=1.5)
     result = run_extras(astronaut, settings, None, restorers)
     assert result.image.size == (768, 768)
     assert "GFPGAN visibility: 0.5" in result.info and "Postprocess upscaler: Lanczos" in result.info
-    untouched = run_extras(astronaut, ExtrasSettings(upscaler_1="Lanczos", upscaling_resize=1.5), None, restorers)
+    untouched = run_extras(astronaut, ExtrasRequest(upscaler_1="Lanczos", upscaling_resize=1.5), None, restorers)
     assert np.abs(np.asarray(result.image, np.int16) - np.asarray(untouched.image, np.int16)).max() > 0
-    no_codeformer = run_extras(astronaut, ExtrasSettings(codeformer_visibility=1.0), None,
+    no_codeformer = run_extras(astronaut, ExtrasRequest(codeformer_visibility=1.0), None,
                                FaceRestorers({}, torch.device("cpu")))
     assert any("CodeFormer is not installed" in note for note in no_codeformer.notes)

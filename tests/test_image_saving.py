@@ -1,4 +1,4 @@
-"""Saving follows AUTOMATIC1111's folders, counters and patterns, and never leaves partial files."""
+"""Saving follows AUTOMATIC1111's folders, counters and default names, and never leaves partial files."""
 
 import datetime as dt
 import os
@@ -6,45 +6,20 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from conftest import ROOT
-from modules.io.image_saving import (ImageFacts, SaveOptions, apply_pattern, image_grid, read_parameters, save_grid,
-                                  save_image, sanitize_filename_part)
+from modules.io.image_saving import (ImageFacts, SaveOptions, image_grid, read_parameters, save_grid, save_image,
+                                     temp_dir_for)
 
 NOW = dt.datetime(2026, 11, 29, 13, 45, 7)
-FACTS = ImageFacts(seed=1234, prompt="a (red) circle, on: blue?", negative_prompt="ugly", model_name="my model",
-                   model_hash="abcdef0123", sampler="DPM++ 2M", scheduler="Karras", steps=20, cfg_scale=7.5,
-                   width=512, height=768, batch_number=2, now=NOW)
+FACTS = ImageFacts(seed=1234, prompt="a (red) circle, on: blue?", now=NOW)  # the prompt never reaches a file name
 
 
 def _image(colour="red", size=(8, 8)):
     return Image.new("RGB", size, colour)
-
-
-@pytest.mark.parametrize("pattern,expected", [
-    ("[seed]", "1234"),
-    ("[prompt]", "a_(red)_circle,_on__blue_"),
-    ("[prompt_spaces]", "a (red) circle, on_ blue_"),
-    ("[prompt_words]", "a red circle, on: blue?".replace(":", "_").replace("?", "_")),
-    ("[model_name]-[model_hash]", "my model-abcdef0123"),
-    ("[sampler]-[scheduler]-[steps]-[cfg]", "DPM++ 2M-Karras-20-7.5"),
-    ("[width]x[height]-[batch_number]", "512x768-2"),
-    ("[date]", "2026-11-29"),
-    ("[datetime]", "20261129134507"),
-    ("[datetime<%H-%M>]", "13-45"),
-    ("[prompt_hash]", __import__("hashlib").sha256(FACTS.prompt.encode()).hexdigest()[:8]),
-    ("[unknown_token]", "[unknown_token]"),
-])
-def test_filename_patterns(pattern, expected):
-    assert apply_pattern(pattern, FACTS) == expected
-
-
-def test_sanitize_removes_path_separators_and_limits_length():
-    assert "/" not in sanitize_filename_part("../../etc/passwd") and "\\" not in sanitize_filename_part("a\\b")
-    assert len(sanitize_filename_part("x" * 500)) == 128
 
 
 def test_counter_and_dated_folders(tmp_path):
@@ -61,15 +36,13 @@ def test_counter_and_dated_folders(tmp_path):
 def test_the_counter_scans_a_folder_only_when_something_else_changed_it(tmp_path, monkeypatch):
     """A folder of thousands of images takes milliseconds to scan: consecutive saves continue from the
     number they know, and a file added or removed by another program makes the next save look again."""
-    from pathlib import Path
-
-    options = SaveOptions(outputs_dir=tmp_path, save_to_dirs=False, filename_pattern="[seed]")
+    options = SaveOptions(outputs_dir=tmp_path)
     scans = []
     real_iterdir = Path.iterdir
     monkeypatch.setattr(Path, "iterdir", lambda self: scans.append(self) or real_iterdir(self))
     names = [save_image(_image(), options, "txt2img", FACTS, None).name for _ in range(3)]
     assert names == ["00000-1234.png", "00001-1234.png", "00002-1234.png"] and len(scans) == 1
-    folder = tmp_path / "txt2img-images"
+    folder = tmp_path / "txt2img-images" / "2026-11-29"
     time.sleep(0.01)
     (folder / "00002-1234.png").unlink()  # removed elsewhere: the number is free again
     assert save_image(_image(), options, "txt2img", FACTS, None).name == "00002-1234.png" and len(scans) == 2
@@ -78,13 +51,19 @@ def test_the_counter_scans_a_folder_only_when_something_else_changed_it(tmp_path
     assert save_image(_image(), options, "txt2img", FACTS, None).name == "00101-1234.png" and len(scans) == 3
 
 
-@pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
-def test_formats_carry_the_infotext(tmp_path, fmt):
+def test_the_infotext_is_carried_in_the_png(tmp_path):
     text = "ünïcödé prompt\nSteps: 20, Sampler: Euler, Seed: 1"
-    path = save_image(_image(), SaveOptions(outputs_dir=tmp_path, format=fmt, filename_pattern="[seed]-[steps]"),
-                      "img2img", FACTS, text)
-    assert path.name == f"00000-1234-20.{fmt}"
+    path = save_image(_image(), SaveOptions(outputs_dir=tmp_path), "img2img", FACTS, text)
+    assert path == tmp_path / "img2img-images" / "2026-11-29" / "00000-1234.png"
     assert read_parameters(path) == text
+
+
+def test_temporary_files_are_written_beside_outputs_never_in_it(tmp_path):
+    outputs = tmp_path / "outputs"
+    assert SaveOptions(outputs_dir=outputs).temp_folder == temp_dir_for(outputs) == tmp_path / "tmp"
+    path = save_image(_image(), SaveOptions(outputs_dir=outputs), "extras", FACTS, None)
+    assert [p for p in outputs.rglob("*") if p.is_file()] == [path]
+    assert (tmp_path / "tmp").is_dir() and not any((tmp_path / "tmp").iterdir())  # written there, renamed away
 
 
 def test_grid_layout_and_name(tmp_path):

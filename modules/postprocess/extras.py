@@ -1,9 +1,9 @@
 """Extras: post-process one finished image (upscale with one or two upscalers, restore faces).
 
-The settings carry AUTOMATIC1111's field names, so the Extras tab and /sdapi/v1/extra-single-image
-fill the same object. Faces are restored before upscaling unless `upscale_first` says otherwise:
-the face models work on 512x512 crops, so restoring the small image costs less and the upscaler
-then enlarges the restored detail.
+It runs the one extras request (modules/io/extras_request.py) that the Extras tab, the Midjourney
+grid's U1-U4 and /sdapi/v1/extra-single-image fill. Faces are restored before upscaling unless
+`upscale_first` says otherwise: the face models work on 512x512 crops, so restoring the small image
+costs less and the upscaler then enlarges the restored detail.
 """
 
 from __future__ import annotations
@@ -13,28 +13,12 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from modules.io.extras_request import RESIZE_TO, ExtrasRequest
 from modules.postprocess import upscalers
 from modules.postprocess.face_restoration import FaceRestorers, not_installed_note
 from modules.postprocess.upscaler_models import UpscalerRegistry
 
-RESIZE_BY, RESIZE_TO = 0, 1
 MAX_SIDE = 8192  # an extras result larger than this is refused before any work is done
-
-
-@dataclass(frozen=True)
-class ExtrasSettings:
-    resize_mode: int = RESIZE_BY  # 0: scale by upscaling_resize, 1: to upscaling_resize_w x upscaling_resize_h
-    upscaling_resize: float = 2.0
-    upscaling_resize_w: int = 512
-    upscaling_resize_h: int = 512
-    upscaling_crop: bool = True
-    upscaler_1: str = "None"
-    upscaler_2: str = "None"
-    extras_upscaler_2_visibility: float = 0.0
-    gfpgan_visibility: float = 0.0
-    codeformer_visibility: float = 0.0
-    codeformer_weight: float = 0.0
-    upscale_first: bool = False
 
 
 @dataclass
@@ -44,13 +28,19 @@ class ExtrasResult:
     notes: list[str] = field(default_factory=list)
 
 
-def target_size(width: int, height: int, settings: ExtrasSettings) -> tuple[float, tuple[int, int] | None]:
+def target_size(width: int, height: int, request: ExtrasRequest) -> tuple[float, tuple[int, int] | None]:
     """The upscale factor, and the exact size to crop to (resize-to mode with cropping) or None."""
-    if settings.resize_mode == RESIZE_TO:
-        scale = max(settings.upscaling_resize_w / width, settings.upscaling_resize_h / height)
-        crop = (settings.upscaling_resize_w, settings.upscaling_resize_h) if settings.upscaling_crop else None
+    if request.resize_mode == RESIZE_TO:
+        scale = max(request.upscaling_resize_w / width, request.upscaling_resize_h / height)
+        crop = (request.upscaling_resize_w, request.upscaling_resize_h) if request.upscaling_crop else None
         return scale, crop
-    return settings.upscaling_resize, None
+    return request.upscaling_resize, None
+
+
+def upscaled_size(width: int, height: int, request: ExtrasRequest) -> tuple[int, int]:
+    """The size the upscaler makes, before any crop."""
+    scale, _ = target_size(width, height, request)
+    return round(width * scale), round(height * scale)
 
 
 def _centre_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -58,39 +48,39 @@ def _centre_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image.crop((left, top, left + size[0], top + size[1]))
 
 
-def _upscale(image: Image.Image, settings: ExtrasSettings, models: UpscalerRegistry | None,
+def _upscale(image: Image.Image, request: ExtrasRequest, models: UpscalerRegistry | None,
              info: dict[str, object], check_interrupt: Callable[[], None] | None) -> Image.Image:
-    scale, crop = target_size(image.width, image.height, settings)
-    width, height = round(image.width * scale), round(image.height * scale)
+    _, crop = target_size(image.width, image.height, request)
+    width, height = upscaled_size(image.width, image.height, request)
     if max(width, height) > MAX_SIDE:
         raise ValueError(f"the upscaled image would be {width}x{height}; the largest side allowed is {MAX_SIDE}")
-    first = upscalers.upscale_image(image, settings.upscaler_1, width, height, models, check_interrupt)
-    if settings.resize_mode == RESIZE_TO:
-        info["Postprocess upscale to"] = f"{settings.upscaling_resize_w}x{settings.upscaling_resize_h}"
+    first = upscalers.upscale_image(image, request.upscaler_1, width, height, models, check_interrupt)
+    if request.resize_mode == RESIZE_TO:
+        info["Postprocess upscale to"] = f"{request.upscaling_resize_w}x{request.upscaling_resize_h}"
     else:
-        info["Postprocess upscale by"] = f"{settings.upscaling_resize:g}"
-    info["Postprocess upscaler"] = settings.upscaler_1
-    if settings.upscaler_2 != "None" and settings.extras_upscaler_2_visibility > 0:
-        second = upscalers.upscale_image(image, settings.upscaler_2, width, height, models, check_interrupt)
-        first = Image.blend(first.convert("RGB"), second.convert("RGB"), settings.extras_upscaler_2_visibility)
-        info["Postprocess upscaler 2"] = settings.upscaler_2
+        info["Postprocess upscale by"] = f"{request.upscaling_resize:g}"
+    info["Postprocess upscaler"] = request.upscaler_1
+    if request.upscaler_2 != "None" and request.extras_upscaler_2_visibility > 0:
+        second = upscalers.upscale_image(image, request.upscaler_2, width, height, models, check_interrupt)
+        first = Image.blend(first.convert("RGB"), second.convert("RGB"), request.extras_upscaler_2_visibility)
+        info["Postprocess upscaler 2"] = request.upscaler_2
     if crop is not None and first.size != crop:
         first = _centre_crop(first, crop)
         info["Postprocess crop to"] = f"{crop[0]}x{crop[1]}"
     return first
 
 
-def _restore_faces(image: Image.Image, settings: ExtrasSettings, restorers: FaceRestorers | None,
+def _restore_faces(image: Image.Image, request: ExtrasRequest, restorers: FaceRestorers | None,
                    info: dict[str, object], notes: list[str]) -> Image.Image:
     for name, visibility, extra in (
-            ("GFPGAN", settings.gfpgan_visibility, {}),
-            ("CodeFormer", settings.codeformer_visibility, {"CodeFormer weight": f"{settings.codeformer_weight:g}"})):
+            ("GFPGAN", request.gfpgan_visibility, {}),
+            ("CodeFormer", request.codeformer_visibility, {"CodeFormer weight": f"{request.codeformer_weight:g}"})):
         if visibility <= 0:
             continue
         if restorers is None or name not in restorers.names():
             notes.append(not_installed_note(name))
             continue
-        restored = restorers.restore(image, name, visibility=visibility, codeformer_weight=settings.codeformer_weight)
+        restored = restorers.restore(image, name, visibility=visibility, codeformer_weight=request.codeformer_weight)
         image = restored.image
         notes += restored.notes
         info[f"{name} visibility"] = f"{visibility:g}"
@@ -98,20 +88,20 @@ def _restore_faces(image: Image.Image, settings: ExtrasSettings, restorers: Face
     return image
 
 
-def run_extras(image: Image.Image, settings: ExtrasSettings, upscaler_models: UpscalerRegistry | None,
+def run_extras(image: Image.Image, request: ExtrasRequest, upscaler_models: UpscalerRegistry | None,
                face_restorers: FaceRestorers | None,
                check_interrupt: Callable[[], None] | None = None) -> ExtrasResult:
     """Post-process one image. Raises ValueError (upscalers.UnknownUpscalerError) naming a bad setting."""
-    for name in (settings.upscaler_1, settings.upscaler_2):
+    for name in (request.upscaler_1, request.upscaler_2):
         upscalers.check_pixel_upscaler(name, upscaler_models, with_latent_modes=False)
     info: dict[str, object] = {}
     notes: list[str] = []
-    wants_upscale = settings.upscaler_1 != "None"  # as in AUTOMATIC1111: no first upscaler, no resize
+    wants_upscale = request.upscaler_1 != "None"  # as in AUTOMATIC1111: no first upscaler, no resize
     steps: list[Callable[[Image.Image], Image.Image]] = [
-        lambda im: _restore_faces(im, settings, face_restorers, info, notes),
-        lambda im: _upscale(im, settings, upscaler_models, info, check_interrupt) if wants_upscale else im,
+        lambda im: _restore_faces(im, request, face_restorers, info, notes),
+        lambda im: _upscale(im, request, upscaler_models, info, check_interrupt) if wants_upscale else im,
     ]
-    if settings.upscale_first:
+    if request.upscale_first:
         steps.reverse()
     result = image.convert("RGB")
     for step in steps:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from modules.io.extras_request import ExtrasRequest
 from modules.io.generation_request import Txt2ImgRequest
 from modules.io.strict_input import StrictInput
 from modules.sampling.registry import UnknownSamplerError, split_sampler_and_schedule
@@ -137,31 +138,11 @@ class GenerationResponse(BaseModel):
     info: str = Field(description="JSON: seeds, infotexts and the other facts of the generation")
 
 
-class ExtrasBaseRequest(StrictInput):
-    model_config = ConfigDict(extra="ignore")
+class ExtrasSingleImageRequest(ExtrasRequest):
+    """`ExtrasSingleImageRequest`: the shared extras request and a base64 image."""
 
-    resize_mode: Literal[0, 1] = 0
-    show_extras_results: bool = True
-    gfpgan_visibility: float = Field(0.0, ge=0.0, le=1.0)
-    codeformer_visibility: float = Field(0.0, ge=0.0, le=1.0)
-    codeformer_weight: float = Field(0.0, ge=0.0, le=1.0)
-    upscaling_resize: float = Field(2.0, ge=1.0, le=8.0)
-    upscaling_resize_w: int = Field(512, ge=1, le=8192)
-    upscaling_resize_h: int = Field(512, ge=1, le=8192)
-    upscaling_crop: bool = True
-    upscaler_1: str = "None"
-    upscaler_2: str = "None"
-    extras_upscaler_2_visibility: float = Field(0.0, ge=0.0, le=1.0)
-    upscale_first: bool = False
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_nulls(cls, data):
-        return _without_nulls(cls, data)
-
-
-class ExtrasSingleImageRequest(ExtrasBaseRequest):
     image: str = Field(description="base64 image")
+    show_extras_results: bool = True  # accepted for compatibility: the API always answers with the images
 
 
 class FileData(StrictInput):
@@ -169,8 +150,11 @@ class FileData(StrictInput):
     name: str = Field("", max_length=255)
 
 
-class ExtrasBatchImagesRequest(ExtrasBaseRequest):
+class ExtrasBatchImagesRequest(ExtrasRequest):
+    """`ExtrasBatchImagesRequest`: the shared extras request and base64 images."""
+
     imageList: list[FileData] = Field(min_length=1, max_length=MAX_IMAGES_PER_REQUEST)
+    show_extras_results: bool = True  # accepted for compatibility: the API always answers with the images
 
 
 class ExtrasSingleImageResponse(BaseModel):

@@ -6,14 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image
 
-from modules.io import image_saving
-from modules.postprocess import upscalers
-from modules.app.api.models import ExtrasBaseRequest
-from modules.postprocess.extras import ExtrasSettings, run_extras
-from modules.io.image_saving import ImageFacts, SaveOptions
-from modules.service.job_queue import Job
+from modules.io.extras_request import ExtrasRequest, ExtrasSource
 from modules.app.ui.common import USER_ERRORS, UiContext, refusal, user_error
 from modules.app.ui.components import CheckedImage, FieldSlider
 from modules.app.ui.field_bounds import field_limits
@@ -32,27 +26,23 @@ class ExtrasTab:
     image: gr.Image
     batch: gr.File
     mode: gr.State
-    settings: dict[str, gr.components.Component]  # ExtrasSettings field -> control
+    settings: dict[str, gr.components.Component]  # ExtrasRequest field -> control
     run: gr.Button
     interrupt: gr.Button
     progress: ProgressArea
     results: ResultsArea
 
 
-def upscaler_names(ctx: UiContext) -> list[str]:
-    return [*upscalers.PIXEL_RESAMPLERS, *ctx.manager.upscalers.names()]
-
-
 def _slider(name: str, label: str, step: float) -> FieldSlider:
-    """Bounds and default of the API's extras request field: the page and the API refuse alike."""
-    low, high = field_limits(ExtrasBaseRequest, name)
-    return FieldSlider(minimum=low, maximum=high, value=ExtrasBaseRequest.model_fields[name].default, step=step,
+    """Bounds and default of the extras request field: the page and the API refuse alike."""
+    low, high = field_limits(ExtrasRequest, name)
+    return FieldSlider(minimum=low, maximum=high, value=ExtrasRequest.model_fields[name].default, step=step,
                        label=label, elem_id=f"extras_{name}")
 
 
 def _settings_controls(ctx: UiContext) -> dict[str, gr.components.Component]:
-    names = upscaler_names(ctx)
-    first = next((n for n in ctx.manager.upscalers.names()), "Lanczos")
+    names = ctx.catalog.extras_upscalers()
+    first = next(iter(ctx.catalog.upscaler_model_names()), "Lanczos")
     controls: dict[str, gr.components.Component] = {}
     with gr.Accordion("Upscale", open=True, elem_id="extras_upscale"):
         controls["resize_mode"] = gr.Radio(["Scale by", "Scale to"], value="Scale by", type="index",
@@ -107,45 +97,30 @@ def build_extras(ctx: UiContext, active: ActiveJobs) -> ExtrasTab:
     return tab
 
 
-def extras_settings(tab: ExtrasTab, values: dict) -> ExtrasSettings:
-    """The settings, checked by the API's extras request model (ValidationError names a field)."""
-    fields = {name: values[control] for name, control in tab.settings.items()}
-    checked = ExtrasBaseRequest.model_validate(fields)
-    return ExtrasSettings(**{name: getattr(checked, name) for name in fields})
+def extras_request(tab: ExtrasTab, values: dict) -> ExtrasRequest:
+    """The request from the controls (ValidationError names a field, in the API's words)."""
+    return ExtrasRequest.model_validate({name: values[control] for name, control in tab.settings.items()})
 
 
-def source_images(tab: ExtrasTab, values: dict) -> list[tuple[Image.Image, str]]:
-    """(image, its parameters) of the single image or each batch file."""
+def source_images(tab: ExtrasTab, values: dict) -> list[ExtrasSource]:
+    """The single image or each batch file, with the parameters it carries."""
     if values[tab.mode] == "single":
         if values[tab.image] is None:
             raise refusal("Put an image in the Source box first.")
-        image = values[tab.image]
-        return [(image, image.info.get("parameters", ""))]
+        return [ExtrasSource.of(values[tab.image])]
     files = values[tab.batch] or []
     if not files:
         raise refusal("Add images to Batch Process first.")
     if len(files) > MAX_BATCH:
         raise refusal(f"At most {MAX_BATCH} images per batch.")
-    images = []
-    for index, file in enumerate(files):
-        image = decode_upload(Path(file if isinstance(file, str) else file.name), f"imageList.{index}.data")
-        images.append((image, image_saving.read_parameters(image) or ""))
-    return images
+    fields = [f"imageList.{index}.data" for index in range(len(files))]
+    return [ExtrasSource.of(decode_upload(Path(file if isinstance(file, str) else file.name), field), field)
+            for file, field in zip(files, fields)]
 
 
-def _work(ctx: UiContext, settings: ExtrasSettings, sources: list[tuple[Image.Image, str]]):
-    def work(job: Job) -> list[ResultItem]:
-        items = []
-        for image, parameters in sources:
-            result = run_extras(image, settings, ctx.manager.upscalers, ctx.manager.face_restorers,
-                                job.check_interrupt)
-            infotext = ", ".join(part for part in (parameters, result.info) if part)
-            path = image_saving.save_image(result.image, SaveOptions(outputs_dir=ctx.service.outputs_dir), "extras",
-                                           ImageFacts(seed=0), infotext or None)
-            items.append(ResultItem(result.image, "\n".join([infotext, *result.notes]).strip(), path))
-        return items
-
-    return work
+def result_items(outputs) -> list[ResultItem]:
+    """The finished job's images (ExtrasOutput), as saved, with what could not be done below their text."""
+    return [ResultItem(o.image, "\n".join([o.infotext, *o.notes]).strip(), o.path) for o in outputs]
 
 
 def wire_extras(ctx: UiContext, active: ActiveJobs, tab: ExtrasTab) -> None:
@@ -154,17 +129,18 @@ def wire_extras(ctx: UiContext, active: ActiveJobs, tab: ExtrasTab) -> None:
 
     def run(values: dict, request: gr.Request):
         try:
-            settings = extras_settings(tab, values)
+            extras = extras_request(tab, values)
         except USER_ERRORS as e:
             raise user_error(e) from None
         sources = source_images(tab, values)
 
-        def finish(items: list[ResultItem]):
+        def finish(outputs):
+            items = result_items(outputs)
             folder = items[0].path.parent if items and items[0].path else None
             return show(tab.results, Results(items=items, folder=folder)), ""
 
         yield from stream_job(ctx, active, TAB, request.session_hash or "", tab.progress,
-                              lambda: ctx.service.queue.submit("extras", _work(ctx, settings, sources)), finish)
+                              lambda: ctx.service.submit_extras(extras, sources, save=True), finish)
 
     inputs = {tab.mode, tab.image, tab.batch, *tab.settings.values()}
     cleared_on(tab.run.click, tab.progress).then(run, inputs=inputs, outputs=outputs, show_progress="hidden",

@@ -10,15 +10,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from modules.io import image_saving
-from modules.postprocess import upscalers
-from modules.postprocess.extras import ExtrasSettings, run_extras
+from modules.io.extras_request import ExtrasRequest, ExtrasSource
 from modules.io.generation_request import Txt2ImgRequest
-from modules.io.image_saving import ImageFacts, SaveOptions
-from modules.service.job_queue import Job
-from modules.pipeline.prompt_preparation import prepare_request
-from modules.sampling.rng import resolve_seed
-from modules.app.ui.common import UiContext, default_size, refusal
+from modules.app.ui.common import UiContext, refusal
 from modules.app.ui.generation import notes_of, results_of
 from modules.app.ui.progress import ActiveJobs, ProgressArea, cleared_on, stream_job
 from modules.app.ui.results import ResultItem, Results, ResultsArea, show
@@ -39,7 +33,7 @@ class MidjourneyControls:
 
 
 def upscaler_choices(ctx: UiContext) -> list[str]:
-    return [*ctx.manager.upscalers.names(), "Lanczos", "Nearest"]
+    return [*ctx.catalog.upscaler_model_names(), "Lanczos", "Nearest"]
 
 
 def build_midjourney_controls(ctx: UiContext, tab: str, mode: gr.Checkbox) -> MidjourneyControls:
@@ -59,33 +53,15 @@ def grid_request(request: Txt2ImgRequest) -> Txt2ImgRequest:
     return request.model_copy(update={"batch_size": GRID_SIZE, "n_iter": 1})
 
 
-def variation_request(ctx: UiContext, grid: Results, index: int) -> Txt2ImgRequest:
-    """Four variations of grid image `index`: its seed, a fresh variation seed, a fixed strength.
-
-    The prompt's Midjourney parameters are applied first and taken out, so a `--seed` in the
-    prompt cannot override the seed of the chosen image."""
-    base = grid.request
-    model = ctx.manager.loaded
-    native = model.native_size if model is not None else default_size(ctx.manager)
-    prepared = prepare_request(base, native, ctx.manager.paths.styles_file)
-    seed = grid.items[index].seed
-    return grid_request(prepared.model_copy(update={
-        "styles": [], "seed": seed if seed is not None else -1, "subseed": resolve_seed(-1),
-        "subseed_strength": VARIATION_STRENGTH}))
+def upscale_request(upscaler: str) -> ExtrasRequest:
+    """U1-U4: the image at UPSCALE_FACTOR times its size, as the Extras tab would make it."""
+    return ExtrasRequest(upscaler_1=upscaler, upscaling_resize=UPSCALE_FACTOR)
 
 
-def _upscale_work(ctx: UiContext, item: ResultItem, upscaler: str):
-    settings = ExtrasSettings(upscaler_1=upscaler, upscaling_resize=UPSCALE_FACTOR)
-
-    def work(job: Job) -> ResultItem:
-        result = run_extras(item.image, settings, ctx.manager.upscalers, ctx.manager.face_restorers,
-                            job.check_interrupt)
-        infotext = f"{item.infotext}, {result.info}" if item.infotext and result.info else item.infotext
-        path = image_saving.save_image(result.image, SaveOptions(outputs_dir=ctx.service.outputs_dir), "extras",
-                                       ImageFacts(seed=item.seed or 0), infotext)
-        return ResultItem(result.image, infotext, path, item.seed)
-
-    return work
+def upscaled_item(item: ResultItem, outputs) -> ResultItem:
+    """The grid image's upscale (the job's one ExtrasOutput), with the grid image's seed."""
+    [output] = outputs
+    return ResultItem(output.image, output.infotext, output.path, item.seed)
 
 
 def wire_midjourney(ctx: UiContext, active: ActiveJobs, tab: str, mj: MidjourneyControls, progress: ProgressArea,
@@ -97,13 +73,14 @@ def wire_midjourney(ctx: UiContext, active: ActiveJobs, tab: str, mj: Midjourney
         def handler(grid: Results | None, upscaler: str, request: gr.Request):
             if grid is None or index >= len(grid.items):
                 raise refusal("Make a Midjourney grid first.")
-            if upscaler not in upscaler_choices(ctx) and upscaler not in upscalers.PIXEL_RESAMPLERS:
-                raise refusal(f"unknown upscaler {upscaler!r}")
+            chosen = grid.items[index]
 
-            def submit():
-                return ctx.service.queue.submit("extras", _upscale_work(ctx, grid.items[index], upscaler))
+            def submit():  # an unknown upscaler is refused here, by the service, before anything is queued
+                source = ExtrasSource(chosen.image, parameters=chosen.infotext, seed=chosen.seed)
+                return ctx.service.submit_extras(upscale_request(upscaler), [source], save=True)
 
-            def finish(item: ResultItem):
+            def finish(outputs):
+                item = upscaled_item(chosen, outputs)
                 # Shown large where the grid was, not as a fifth tile to scroll to; the grid stays below.
                 shown = Results(items=[item, *grid.items], selected=0, request=grid.request, folder=grid.folder)
                 return show(results, shown, open_selected=True), f"U{index + 1}: {item.image.width}x{item.image.height}"
@@ -118,7 +95,9 @@ def wire_midjourney(ctx: UiContext, active: ActiveJobs, tab: str, mj: Midjourney
                 raise refusal("Make a Midjourney grid first.")
 
             def submit():
-                return ctx.service.submit(variation_request(ctx, grid, index))
+                seed = grid.items[index].seed
+                return ctx.service.submit_variations(grid_request(grid.request), -1 if seed is None else seed,
+                                                     VARIATION_STRENGTH)
 
             def finish(generated):
                 shown = results_of(generated)
