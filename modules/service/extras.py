@@ -16,6 +16,7 @@ from modules.io.extras_request import RESIZE_BY, ExtrasFieldError, ExtrasRequest
 from modules.io.image_saving import ImageFacts, SaveOptions
 from modules.postprocess import upscalers
 from modules.postprocess.extras import MAX_SIDE, run_extras, upscaled_size
+from modules.postprocess.upscaler_models import UpscalerRegistry
 from modules.service.job_queue import Job
 from modules.service.model_manager import ModelManager
 
@@ -34,7 +35,7 @@ class ExtrasOutput:
         return ", ".join(part for part in (self.source_parameters, self.info) if part)
 
 
-def check_extras(request: ExtrasRequest, sources: Sequence[ExtrasSource], models) -> None:
+def check_extras(request: ExtrasRequest, sources: Sequence[ExtrasSource], models: UpscalerRegistry) -> None:
     """ExtrasFieldError for a name this server does not know or a result larger than MAX_SIDE."""
     for name in ("upscaler_1", "upscaler_2"):
         try:
