@@ -58,26 +58,14 @@ def test_unknown_memory_mode_is_refused(tmp_path):
 
 
 def test_full_previews_fall_back_to_cheap_ones_in_low_memory_modes(tmp_path):
-    """A full-VAE preview decodes beside sampling: in --medvram/--lowvram that would move the UNet off
-    the device mid-step, so the page shows the cheap preview there."""
-    from modules.app.cmd_args import parse_args
-    from modules.service.model_manager import ModelManager
-    from modules.io.paths import Paths
-    from modules.service.settings_store import Settings
-    from modules.app.ui.progress import full_decoder
-    from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
+    """A full-VAE preview runs between two sampling steps: in --medvram/--lowvram each one would move the
+    UNet off the device and back, so the worker makes the cheap preview there."""
+    from modules.pipeline.live_preview import preview_method, start_preview
 
-    folder = tmp_path / "models" / "Stable-diffusion"
-    folder.mkdir(parents=True)
-    save_checkpoint(tiny_original_state_dict("sd1"), folder / "tiny.safetensors")
-    (folder / "tiny.yaml").write_text(tiny_ldm_yaml("sd1"))
-    paths = Paths.from_args(parse_args(["--data-dir", str(tmp_path)], environ={}))
-    full = Settings(show_progress_type="Full")
-    for mode, expect_full in (("normal", True), ("medvram", False), ("lowvram", False)):
-        manager = ModelManager(paths, dataclasses.replace(DevicePolicy.cpu(), memory_mode=mode))
-        manager.get()
-        decode = full_decoder(full, manager)
-        assert (decode is not None) == expect_full, mode
-        if decode is not None:
-            assert decode(torch.zeros(1, 4, 8, 8))[0].size == (64, 64)
-        assert full_decoder(Settings(), manager) is None  # cheap previews unless asked for
+    latents = torch.zeros(1, 4, 8, 8)
+    for mode, expect in (("normal", "Full"), ("medvram", "Approx cheap"), ("lowvram", "Approx cheap")):
+        model = load_tiny_model(tmp_path / mode, policy=dataclasses.replace(DevicePolicy.cpu(), memory_mode=mode))
+        assert preview_method("Full", model) == expect, mode
+        assert preview_method("Approx cheap", model) == "Approx cheap"  # cheap previews unless asked for
+        assert [image.size for image in start_preview(model, latents, expect).images()] == \
+            [(64, 64) if expect == "Full" else (8, 8)]
