@@ -13,7 +13,7 @@ from modules.models.devices import DevicePolicy
 from modules.models.embeddings import (Embedding, EmbeddingDatabase, discover_embedding_files, encoder_widths,
                                 injected_vectors, load_embeddings, ti_hashes)
 from modules.models.sd_loader import load_checkpoint
-from modules.pipeline.text_encoding import Vocabulary, encode_model_texts, text_model, tokenize_prompt
+from modules.pipeline.prompts.text_encoding import Vocabulary, encode_model_texts, text_model, tokenize_prompt
 from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
 
 TRIGGER = "zqxembed"  # several BPE tokens, none of them a real word

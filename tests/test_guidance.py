@@ -1,12 +1,13 @@
-"""Classifier-free guidance wrapper: batching, scale 1, AND weights, thresholding, CFG++ hook."""
+"""Classifier-free guidance wrapper: batching, scale 1, AND weights, its before-model and after-CFG
+callables, thresholding of the combined x0."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from modules.sampling.guidance import CFGDenoiser
-from modules.sampling.thresholding import (Thresholding, dynamic_threshold, mimic_scale_threshold,
+from modules.sampling.guidance import CFGDenoiser, GuidanceInputs, GuidedPrediction
+from modules.sampling.thresholding import (Thresholding, apply_thresholding, dynamic_threshold, mimic_scale_threshold,
                                            static_threshold)
 
 
@@ -71,8 +72,46 @@ def test_per_image_conds_pass_unrepeated():
     assert torch.allclose(out[0], X[0] * 0.5 + 1.5) and torch.allclose(out[1], X[1] * 0.5 + 3.0)
 
 
+def thresholded(thresholding: Thresholding):
+    """The after-CFG callable the pipeline's thresholding hook amounts to."""
+    def after_cfg(prediction: GuidedPrediction) -> None:
+        prediction.denoised = apply_thresholding(prediction.denoised, thresholding, prediction.uncond,
+                                                 prediction.conds, prediction.weights)
+    return after_cfg
+
+
+def test_before_model_may_replace_what_the_model_sees():
+    model = CountingDenoiser()
+    seen = []
+
+    def swap_cond(inputs: GuidanceInputs) -> None:
+        seen.append((inputs.x.shape, [w for _, w in inputs.conds]))
+        inputs.conds = [(ctx(2.0), 1.0)]
+
+    guider = CFGDenoiser(model, ctx(1.0), ctx(-1.0), scale=7.0, before_model=swap_cond)
+    for _ in range(2):  # the prepared conds of the first call are not reused for the swapped ones
+        out = guider(X, SIGMA)
+        assert torch.allclose(out, X * 0.5 - 1.0 + 7.0 * 3.0)
+    assert seen == [(X.shape, [1.0])] * 2
+
+
+def test_after_cfg_sees_the_parts_and_may_replace_the_result():
+    model = CountingDenoiser()
+    parts = []
+
+    def halve(prediction: GuidedPrediction) -> None:
+        parts.append((prediction.uncond, prediction.conds, prediction.weights))
+        prediction.denoised = prediction.denoised / 2
+
+    out = CFGDenoiser(model, ctx(1.0), ctx(-1.0), scale=7.0, after_cfg=halve)(X, SIGMA)
+    assert torch.allclose(out, (X * 0.5 - 1.0 + 7.0 * 2.0) / 2)
+    ((uncond, conds, weights),) = parts
+    assert torch.allclose(uncond, X * 0.5 - 1.0) and torch.allclose(conds[0], X * 0.5 + 1.0) and weights == [1.0]
+
+
 def test_static_thresholding_clamps_in_latent_units():
-    out = CFGDenoiser(CountingDenoiser(), ctx(1.0), ctx(-1.0), 7.0, Thresholding("static", threshold=2.5))(X, SIGMA)
+    out = CFGDenoiser(CountingDenoiser(), ctx(1.0), ctx(-1.0), 7.0,
+                      after_cfg=thresholded(Thresholding("static", threshold=2.5)))(X, SIGMA)
     assert out.max() == pytest.approx(2.5) and out.min() >= -2.5
     assert torch.equal(static_threshold(torch.tensor([-9.0, 0.3, 9.0]), 1.0), torch.tensor([-1.0, 0.3, 1.0]))
 
@@ -93,7 +132,7 @@ def test_mimic_scale_gives_the_real_result_the_mimic_range():
     guider_real = CFGDenoiser(lambda x, s, context: x * context.mean() * 3, cond, ctx(0.0), 30.0)
     real = guider_real(X, SIGMA)
     mimic_guider = CFGDenoiser(lambda x, s, context: x * context.mean() * 3, cond, ctx(0.0), 30.0,
-                               Thresholding("mimic", percentile=1.0, mimic_scale=7.0))
+                               after_cfg=thresholded(Thresholding("mimic", percentile=1.0, mimic_scale=7.0)))
     out = mimic_guider(X, SIGMA)
     mimic = CFGDenoiser(lambda x, s, context: x * context.mean() * 3, cond, ctx(0.0), 7.0)(X, SIGMA)
     # each (image, channel) keeps its mean and gets the mimic result's largest deviation

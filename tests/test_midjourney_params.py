@@ -2,8 +2,8 @@
 
 import pytest
 
-from modules.pipeline.midjourney_params import (MidjourneyParamError, MidjourneyParams, cfg_for_stylize,
-                                       parse_midjourney_params, size_for_aspect, to_request_fields)
+from modules.pipeline.prompts.midjourney_params import (MidjourneyParamError, MidjourneyParams, cfg_for_stylize,
+                                               parse_midjourney_params, size_for_aspect, to_request_fields)
 
 
 @pytest.mark.parametrize("ratio,native,expected", [

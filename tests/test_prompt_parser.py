@@ -2,10 +2,11 @@
 
 import pytest
 
-from modules.pipeline.prompt_parser import (Alternate, ConditioningStep, ExtraNetworkCall, PromptSyntaxError, Scheduled,
-                                   extract_extra_networks, get_learned_conditioning_prompt_schedules,
-                                   get_multicond_prompt_list, parse_and, parse_schedule_syntax, schedule_for,
-                                   split_break, strip_comments)
+from modules.pipeline.prompts.parser import (Alternate, ConditioningStep, ExtraNetworkCall, PromptSyntaxError,
+                                             Scheduled, extract_extra_networks,
+                                             get_learned_conditioning_prompt_schedules, get_multicond_prompt_list,
+                                             parse_and, parse_schedule_syntax, schedule_for, split_break,
+                                             strip_comments)
 
 
 def schedule(prompt, steps=10, hires_steps=None, use_old_scheduling=False):

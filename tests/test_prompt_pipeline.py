@@ -6,7 +6,7 @@ import torch
 
 from modules.models.embeddings import load_embeddings
 from modules.io.generation_request import Txt2ImgRequest
-from modules.pipeline.midjourney_params import MidjourneyParamError
+from modules.pipeline.prompts.midjourney_params import MidjourneyParamError
 from modules.pipeline.processing import Resources, txt2img
 from modules.io.styles import PromptStyle, save_styles
 from tiny_models import load_tiny_model

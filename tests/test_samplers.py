@@ -387,19 +387,24 @@ def test_ddim_cfgpp_renoises_along_the_unconditional_estimate():
     def conditional(x, sigma, mu):
         return denoiser(x, sigma, mu=mu.view(-1, 1))
 
+    def cfgpp(model, sigmas_run):  # the guider's unconditional x0, given to the sampler explicitly
+        return run("DDIM CFG++", x, sigmas_run, model=model, uncond_denoised=lambda: model.last_uncond)
+
     sigmas = uniform_schedule(20, SCHEDULE).double()
     x = marginal_sample((2, 64), float(sigmas[0]), 10)
     guided = CFGDenoiser(conditional, cond, uncond, scale=1.0)
-    plain = run("DDIM CFG++", x, sigmas, model=guided)
+    plain = cfgpp(guided, sigmas)
     assert guided.last_uncond is None
     assert torch.allclose(plain, run("DDIM", x, sigmas, model=guided))  # scale 1: no uncond pass, same as DDIM
     guided = CFGDenoiser(conditional, cond, uncond, scale=0.6)
-    cfgpp, ddim = run("DDIM CFG++", x, sigmas, model=guided), run("DDIM", x, sigmas, model=guided)
+    cfgpp_out, ddim = cfgpp(guided, sigmas), run("DDIM", x, sigmas, model=guided)
     assert guided.last_uncond is not None
-    assert not torch.allclose(cfgpp, ddim)
+    assert not torch.allclose(cfgpp_out, ddim)
+    # without the unconditional estimate CFG++ is DDIM
+    assert torch.equal(run("DDIM CFG++", x, sigmas, model=guided), ddim)
     # one step: x' = guided x0 + sigma' * eps_uncond, where DDIM would use the guided eps
     s0, s1 = sigmas[:2]
-    step = run("DDIM CFG++", x, sigmas[:2], model=guided)
+    step = cfgpp(guided, sigmas[:2])
     sig = s0 * torch.ones(x.shape[0], dtype=torch.float64)
     uncond_x0 = conditional(x, sig, uncond["mu"])
     expected = guided(x, sig) + s1 * (x - uncond_x0) / s0

@@ -675,7 +675,7 @@ def _with_vae(model, vae):
 def test_T24_nan_images_retried_in_fp32_else_error(partial, tiny_model):
     import torch
 
-    from modules.pipeline.processing import NonFiniteImageError, decode_latents
+    from modules.pipeline.vae_codec import NonFiniteImageError, decode_latents
 
     latents = torch.zeros(1, 4, 8, 8)
     vae = _StubVae(partial, fp32_nan=False)
@@ -695,7 +695,7 @@ def test_T24_nan_images_retried_in_fp32_else_error(partial, tiny_model):
 
 def test_T24_nan_error_is_a_clear_api_error():
     from modules.app.api.routes import http_error
-    from modules.pipeline.processing import NonFiniteImageError
+    from modules.pipeline.vae_codec import NonFiniteImageError
 
     error = http_error(NonFiniteImageError("the VAE produced NaN or infinite pixels even in float32"))
     assert error.status_code == 500 and "NaN" in error.detail

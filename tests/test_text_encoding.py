@@ -8,14 +8,14 @@ import torch
 from transformers import CLIPTokenizer
 
 from modules.models.checkpoints import CheckpointInfo
-from modules.pipeline.conditioning import encode_prompts
 from modules.models.devices import DevicePolicy
 from modules.io.paths import CONFIGS_DIR
 from modules.models.sd_loader import load_checkpoint
 from modules.models.sd_model import TextEncoder
-from modules.pipeline.text_encoding import (CHUNK_LENGTH, Vocabulary, chunk_input_ids, count_tokens, emphasis_infotext,
-                                   encode_model_texts, pad_to_same_length, parse_prompt_attention, text_model,
-                                   tokenize_prompt)
+from modules.pipeline.prompts.conditioning import build_prompt_conditioning, conditioning_dict
+from modules.pipeline.prompts.text_encoding import (CHUNK_LENGTH, Vocabulary, chunk_input_ids, count_tokens,
+                                                    emphasis_infotext, encode_model_texts, pad_to_same_length,
+                                                    parse_prompt_attention, text_model, tokenize_prompt)
 from tiny_models import save_checkpoint, tiny_ldm_yaml, tiny_original_state_dict
 
 BOS, EOS, COMMA, CAT, DOG, A = 49406, 49407, 267, 2368, 1929, 320
@@ -173,6 +173,11 @@ def _ids(*tokens, pad=EOS):
     return torch.tensor([[BOS, *tokens, EOS] + [pad] * (75 - len(tokens))])
 
 
+def encode_prompt(model, prompt: str, clip_skip: int = 1) -> dict[str, torch.Tensor]:
+    """The UNet's conditioning of one prompt for a 64x64 image."""
+    return conditioning_dict(model, encode_model_texts(model, [prompt], clip_skip), 1, 64, 64)
+
+
 def _hidden_states(encoder, ids):
     with torch.no_grad():
         return encoder.model(input_ids=ids, output_hidden_states=True)
@@ -181,8 +186,8 @@ def _hidden_states(encoder, ids):
 @pytest.mark.parametrize("family", ["sd1", "sd2_v", "sdxl"])
 def test_long_prompt_context_is_77_per_chunk(tiny, family):
     model = tiny(family)
-    short = encode_prompts(model, ["a cat"], 64, 64)
-    long = encode_prompts(model, ["cat, " * 60], 64, 64)  # 120 tokens
+    short = encode_prompt(model, "a cat")
+    long = encode_prompt(model, "cat, " * 60)  # 120 tokens
     assert short["context"].shape == (1, 77, FAMILY_WIDTH[family])
     assert long["context"].shape == (1, 154, FAMILY_WIDTH[family])
     if family == "sdxl":
@@ -267,7 +272,7 @@ def test_sd1_clip_skip_selects_the_layer(tiny, clip_skip):
     (encoder,) = model.text_encoders
     out = _hidden_states(encoder, _ids(A, CAT))
     expected = text_model(encoder.model).final_layer_norm(out.hidden_states[-clip_skip])
-    context = encode_prompts(model, ["a cat"], 64, 64, clip_skip=clip_skip)["context"]
+    context = encode_prompt(model, "a cat", clip_skip)["context"]
     torch.testing.assert_close(context, expected)
 
 
@@ -276,9 +281,9 @@ def test_sd2_uses_the_normed_penultimate_layer_with_zero_padding(tiny):
     (encoder,) = model.text_encoders
     out = _hidden_states(encoder, _ids(A, CAT, pad=0))
     inner = text_model(encoder.model)
-    torch.testing.assert_close(encode_prompts(model, ["a cat"], 64, 64)["context"],
+    torch.testing.assert_close(encode_prompt(model, "a cat")["context"],
                                inner.final_layer_norm(out.hidden_states[-2]))
-    torch.testing.assert_close(encode_prompts(model, ["a cat"], 64, 64, clip_skip=2)["context"],
+    torch.testing.assert_close(encode_prompt(model, "a cat", clip_skip=2)["context"],
                                inner.final_layer_norm(out.hidden_states[-3]))
 
 
@@ -287,27 +292,30 @@ def test_sdxl_joins_both_raw_penultimate_layers_and_pools_from_open_clip(tiny):
     clip_l, open_clip = model.text_encoders
     out_l = _hidden_states(clip_l, _ids(A, CAT))
     out_g = _hidden_states(open_clip, _ids(A, CAT, pad=0))
-    cond = encode_prompts(model, ["a cat"], 64, 64)
+    cond = encode_prompt(model, "a cat")
     torch.testing.assert_close(cond["context"], torch.cat([out_l.hidden_states[-2], out_g.hidden_states[-2]], -1))
     torch.testing.assert_close(cond["pooled"], out_g.text_embeds)
 
 
 def test_sdxl_empty_negative_prompt_is_zeros(tiny):
+    def negative(model, prompt, negative_prompt):
+        _, uncond = build_prompt_conditioning(model, prompt, negative_prompt, 1, 64, 64).at_step(1)
+        return uncond
+
     model = tiny("sdxl")
-    negative = encode_prompts(model, [""], 64, 64, is_negative=True)
-    assert not negative["context"].any() and not negative["pooled"].any()
-    assert negative["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]]
-    assert encode_prompts(model, [""], 64, 64)["context"].any()
-    assert encode_prompts(model, ["x"], 64, 64, is_negative=True)["context"].any()
-    sd1 = tiny("sd1")
-    assert encode_prompts(sd1, [""], 64, 64, is_negative=True)["context"].any()
+    zeros = negative(model, "x", "")
+    assert not zeros["context"].any() and not zeros["pooled"].any()
+    assert zeros["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]]
+    assert encode_prompt(model, "")["context"].any()  # an empty positive prompt is encoded
+    assert negative(model, "x", "x")["context"].any()
+    assert negative(tiny("sd1"), "x", "")["context"].any()
 
 
 def test_pad_to_same_length_appends_encoded_empty_chunks(tiny):
     model = tiny("sdxl")
-    cond = encode_prompts(model, ["cat " * 160], 64, 64)  # 3 chunks
-    uncond = encode_prompts(model, ["blurry"], 64, 64)
-    empty = encode_prompts(model, [""], 64, 64)["context"]
+    cond = encode_prompt(model, "cat " * 160)  # 3 chunks
+    uncond = encode_prompt(model, "blurry")
+    empty = encode_prompt(model, "")["context"]
     padded_cond, padded_uncond = pad_to_same_length(cond, uncond, empty)
     assert padded_cond["context"].shape == padded_uncond["context"].shape == (1, 231, 96)
     assert padded_cond["context"] is cond["context"]

@@ -8,29 +8,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from modules.sampling.rng import ImageRNG
 from modules.sampling.denoisers import DiscreteDenoiser
-from modules.sampling.guidance import CFGDenoiser
-from modules.sampling.registry import find_sampler, noise_sampler_for, run_sampler, sigmas_for
-from modules.sampling.samplers import SamplingInterrupted
-from modules.sampling.thresholding import Thresholding
+from modules.sampling.guidance import AfterCfg, BeforeModel, CFGDenoiser, GuidanceInputs, GuidedPrediction
+from modules.sampling.registry import SamplerSpec, noise_sampler_for, run_sampler, sigmas_for
+from modules.accel.runner import ModelRunner
 from modules.models.sd_model import StableDiffusionModel
-
-StepCallback = Callable[[dict], None]
+from modules.pipeline.hooks import AfterCFGContext, DenoiserContext, HookPoint, Hooks, JobInfo
+from modules.pipeline.progress import SamplingInterrupted, SamplingStep, StepReporter
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    sampler_name: str
+    sampler: SamplerSpec
     scheduler: str
     steps: int
     cfg_scale: float
     width: int
     height: int
-    thresholding: Thresholding
     s_churn: float | None = None
     s_tmin: float | None = None
     s_tmax: float | None = None
@@ -73,37 +72,25 @@ class MaskedDenoiser:
         denoised = self.denoiser(x, sigma, **extra)
         return self.init_latent * self.keep_mask + denoised * (1 - self.keep_mask)
 
-    def __getattr__(self, name):  # the guider's extras (e.g. DDIM CFG++'s last_uncond) stay reachable
-        return getattr(self.denoiser, name)
 
-
-class StaticConditioning:
-    """One cond (or AND parts) and one uncond for every step."""
-
-    def __init__(self, cond, uncond):
-        self.parts = cond if isinstance(cond, list) else [(cond, 1.0)]
-        self.uncond = uncond
-        self.is_constant = True
-
-    def at_step(self, step: int):
-        return self.parts, self.uncond
+def schedule_step(schedule_sigmas: torch.Tensor, sigma: torch.Tensor) -> int:
+    """The 1-based step a denoiser call at `sigma` belongs to: the number of the schedule's sigmas (its
+    last, 0, left out) at or above it, so a second-order sampler's extra evaluations count as the step
+    they belong to."""
+    value = float(sigma.reshape(-1)[0])
+    return max(1, int((schedule_sigmas >= value * (1 - 1e-5)).sum()))
 
 
 class ScheduledGuider:
     """Classifier-free guidance whose conditioning follows the prompt's schedule (prompt editing,
-    alternation). The step is read from sigma: the number of schedule sigmas at or above it, so a
-    second-order sampler's extra evaluations count as the step they belong to."""
+    alternation); `step_of(sigma)` says which step a call belongs to (schedule_step)."""
 
-    def __init__(self, make_guider, conditioning, sigmas: torch.Tensor):
+    def __init__(self, make_guider, conditioning, step_of: Callable[[torch.Tensor], int]):
         self.make_guider = make_guider
         self.conditioning = conditioning
-        self.sigmas = sigmas[:-1].float().cpu()
+        self.step_of = step_of
         self._guiders: dict[int, object] = {}
         self._current = None
-
-    def step_of(self, sigma: torch.Tensor) -> int:
-        value = float(sigma.reshape(-1)[0])
-        return max(1, int((self.sigmas >= value * (1 - 1e-5)).sum()))
 
     def _guider(self, step: int):
         parts, uncond = self.conditioning.at_step(step)
@@ -120,10 +107,41 @@ class ScheduledGuider:
         self._current = self._guider(step)
         return self._current(x, sigma)
 
-    def __getattr__(self, name):  # DDIM CFG++ reads the current guider's last uncond
-        if name.startswith("_") or self._current is None:
-            raise AttributeError(name)
-        return getattr(self._current, name)
+    def latest_uncond(self) -> torch.Tensor | None:
+        """The unconditional x0 of the latest call (None before the first, or when it was skipped), for
+        samplers that renoise along it (CFG++)."""
+        return None if self._current is None else self._current.last_uncond
+
+
+@dataclass(frozen=True)
+class SamplingHooks:
+    """The job's hooks at the denoiser-call points, for one sampling pass."""
+
+    hooks: Hooks
+    job: JobInfo
+    hires: bool = False  # the hires fix's second pass
+
+    def guidance_callbacks(self, total_steps: int,
+                           step_of: Callable[[torch.Tensor], int]) -> tuple[BeforeModel | None, AfterCfg | None]:
+        """The guider's before-model and after-CFG callables that run the cfg_denoiser and cfg_after_cfg
+        hooks; None for a point without hooks, so the guider does no work for it."""
+        where = {"job": self.job, "total_steps": total_steps, "hires": self.hires}
+
+        def before_model(inputs: GuidanceInputs) -> None:
+            ctx = DenoiserContext(**where, step_of=partial(step_of, inputs.sigma), x=inputs.x, sigma=inputs.sigma,
+                                  conds=inputs.conds, uncond=inputs.uncond)
+            self.hooks.run(HookPoint.CFG_DENOISER, ctx)
+            inputs.x, inputs.sigma, inputs.conds, inputs.uncond = ctx.x, ctx.sigma, ctx.conds, ctx.uncond
+
+        def after_cfg(prediction: GuidedPrediction) -> None:
+            ctx = AfterCFGContext(**where, step_of=partial(step_of, prediction.sigma), denoised=prediction.denoised,
+                                  x=prediction.x, sigma=prediction.sigma, uncond_denoised=prediction.uncond,
+                                  cond_denoised=prediction.conds, weights=prediction.weights)
+            self.hooks.run(HookPoint.CFG_AFTER_CFG, ctx)
+            prediction.denoised = ctx.denoised
+
+        return (before_model if self.hooks.at(HookPoint.CFG_DENOISER) else None,
+                after_cfg if self.hooks.at(HookPoint.CFG_AFTER_CFG) else None)
 
 
 def stop_early(sigmas: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -152,20 +170,18 @@ def img2img_sigmas(sigmas_for_steps: Callable[[int], torch.Tensor], steps: int, 
 @torch.no_grad()
 def sample_latents(model: StableDiffusionModel, settings: SamplingSettings, noise: NoiseSettings,
                    conditioning, init: InitLatent | None = None,
-                   callback: StepCallback | None = None) -> torch.Tensor:
+                   callback: StepReporter | None = None, hooks: SamplingHooks | None = None,
+                   runner: ModelRunner | None = None) -> torch.Tensor:
     """Latents for one batch. `conditioning` answers `at_step(step) -> ([(cond, weight)], uncond)`
-    (PromptConditioning, or StaticConditioning). A callback may raise SamplingInterrupted: the
-    latest x is returned."""
-    spec = find_sampler(settings.sampler_name)
+    (PromptConditioning). `callback` hears of every step and may raise SamplingInterrupted: the
+    latest x is returned. `hooks` run at every denoiser call. The UNet runs through `runner` (a plain
+    one when not given)."""
+    spec = settings.sampler
     device = model.policy.device
     if init is not None and init.denoising_strength <= 0:
         # Nothing to denoise: the start is the result (AUTOMATIC1111's hires pass at strength 0 too).
         return init.latent.to(device)
-    denoiser = DiscreteDenoiser(model.unet_fn, model.schedule, model.prediction)
-
-    def make_guider(cond, uncond):
-        return CFGDenoiser(denoiser, cond, uncond, settings.cfg_scale, settings.thresholding)
-
+    denoiser = DiscreteDenoiser((runner or ModelRunner(model)).unet_fn, model.schedule, model.prediction)
     def schedule(n: int) -> torch.Tensor:
         return sigmas_for(spec, settings.scheduler, n, model.schedule, model.is_sdxl).to(device)
 
@@ -178,7 +194,13 @@ def sample_latents(model: StableDiffusionModel, settings: SamplingSettings, nois
     else:
         sigmas = img2img_sigmas(schedule, settings.steps, init.denoising_strength, init.fixed_steps)
     sigmas = stop_early(sigmas, settings.stop_at_fraction)
-    guider = ScheduledGuider(make_guider, conditioning, sigmas)
+    step_of = partial(schedule_step, sigmas[:-1].float().cpu())
+    before_model, after_cfg = hooks.guidance_callbacks(len(sigmas) - 1, step_of) if hooks else (None, None)
+
+    def make_guider(cond, uncond):
+        return CFGDenoiser(denoiser, cond, uncond, settings.cfg_scale, before_model=before_model, after_cfg=after_cfg)
+
+    guider = ScheduledGuider(make_guider, conditioning, step_of)
     if init is None:
         x = first_noise * sigmas[0]
         model_fn = guider
@@ -187,17 +209,19 @@ def sample_latents(model: StableDiffusionModel, settings: SamplingSettings, nois
         x = start + first_noise * sigmas[0] * noise.initial_noise_multiplier
         model_fn = MaskedDenoiser(guider, start, init.keep_mask.to(device)) if init.keep_mask is not None else guider
     latest = {"x": x}
+    total = len(sigmas) - 1
 
-    def on_step(info: dict) -> None:
+    def on_step(info: dict) -> None:  # the sampler's k-diffusion-style dict, once per step
         latest["x"] = info["x"]
         if callback is not None:
-            callback(info)
+            callback(SamplingStep(int(info["i"]), total, info["denoised"]))
 
     try:
         latents = run_sampler(spec, model_fn, x, sigmas, callback=on_step,
                               noise_sampler=noise_sampler_for(spec, x, sigmas, rng, noise.seeds),
                               s_churn=settings.s_churn, s_tmin=settings.s_tmin, s_tmax=settings.s_tmax,
-                              s_noise=settings.s_noise, eta=settings.eta)
+                              s_noise=settings.s_noise, eta=settings.eta,
+                              uncond_denoised=guider.latest_uncond if spec.needs_uncond else None)
     except SamplingInterrupted:
         latents = latest["x"]
     if init is not None and init.keep_mask is not None:

@@ -5,22 +5,51 @@
 One cond with weight 1 is plain CFG; several are AND-prompts (`a AND b:0.5`). Cond and uncond run
 in one batched model call when their tensors have the same shapes (separate calls otherwise, e.g.
 prompts of different token lengths). With a single cond at scale 1 the unconditional pass is
-skipped. Thresholding (thresholding.py) is applied to the guided x0.
+skipped.
 
-For CFG++ samplers the guider keeps the unconditional x0 of its latest call in `last_uncond`
-(None when that pass was skipped); `timestep_samplers.last_uncond_denoised` reads it.
+Two optional callables let the caller act inside each call: `before_model` sees (and may replace)
+what the model is about to evaluate, `after_cfg` sees the combined x0 and may replace it
+(thresholding does). The guider keeps the unconditional x0 of its latest call in `last_uncond`
+(None when that pass was skipped), which CFG++ samplers are given explicitly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from modules.sampling.thresholding import Thresholding, dynamic_threshold, mimic_scale_threshold, static_threshold
-
 Denoiser = Callable[..., torch.Tensor]
 Cond = dict  # UNet keyword name -> tensor (batch 1 per prompt, or the latent batch) or plain value
+WeightedConds = list[tuple[Cond, float]]
+
+
+@dataclass
+class GuidanceInputs:
+    """What one guided call is about to evaluate; `before_model` may replace any field."""
+
+    x: torch.Tensor
+    sigma: torch.Tensor
+    conds: WeightedConds
+    uncond: Cond
+
+
+@dataclass
+class GuidedPrediction:
+    """One guided call's result. `denoised` (the combined x0) may be replaced by `after_cfg`; the
+    per-prompt x0 estimates it was combined from are there to read."""
+
+    denoised: torch.Tensor
+    x: torch.Tensor
+    sigma: torch.Tensor
+    uncond: torch.Tensor | None  # None when the unconditional pass was skipped (scale 1)
+    conds: list[torch.Tensor]
+    weights: list[float]
+
+
+BeforeModel = Callable[[GuidanceInputs], None]
+AfterCfg = Callable[[GuidedPrediction], None]
 
 
 def _fit_batch(cond: Cond, batch: int) -> Cond:
@@ -82,47 +111,47 @@ def combine(uncond: torch.Tensor, conds: list[torch.Tensor], weights: list[float
     return uncond + sum(w * scale * (c - uncond) for c, w in zip(conds, weights))
 
 
-def apply_thresholding(guided: torch.Tensor, thresholding: Thresholding, uncond: torch.Tensor | None,
-                       conds: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    if thresholding.mode == "static":
-        return static_threshold(guided, thresholding.threshold)
-    if thresholding.mode == "dynamic":
-        return dynamic_threshold(guided, thresholding.percentile, thresholding.latent_range)
-    if thresholding.mode == "mimic" and uncond is not None:
-        mimic = combine(uncond, conds, weights, thresholding.mimic_scale)
-        return mimic_scale_threshold(guided, mimic, thresholding.percentile)
-    return guided
-
-
 class CFGDenoiser:
     """`D(x, sigma) -> guided x0` from a conditional denoiser, one or more conds, an uncond and a scale.
 
     `cond` is a dict (one prompt) or a list of (dict, weight) pairs (AND-prompts).
     """
 
-    def __init__(self, denoiser: Denoiser, cond: Cond | list[tuple[Cond, float]], uncond: Cond, scale: float,
-                 thresholding: Thresholding | None = None):
+    def __init__(self, denoiser: Denoiser, cond: Cond | WeightedConds, uncond: Cond, scale: float, *,
+                 before_model: BeforeModel | None = None, after_cfg: AfterCfg | None = None):
         self.denoiser = denoiser
-        self.conds: list[tuple[Cond, float]] = [(cond, 1.0)] if isinstance(cond, dict) else list(cond)
+        self.conds: WeightedConds = [(cond, 1.0)] if isinstance(cond, dict) else list(cond)
         if not self.conds:
             raise ValueError("need at least one cond")
         self.uncond = uncond
         self.scale = scale
-        self.thresholding = thresholding or Thresholding()
+        self.before_model = before_model
+        self.after_cfg = after_cfg
         self.last_uncond: torch.Tensor | None = None
         self._memo: dict = {}  # evaluate_conds' prepared conds; this guider's conds never change
 
-    def _skips_uncond(self) -> bool:
-        return self.scale == 1.0 and len(self.conds) == 1 and self.conds[0][1] == 1.0
+    def _inputs(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[GuidanceInputs, dict | None]:
+        """The call's inputs after `before_model`, and the memo to use: none once it swapped a cond."""
+        inputs = GuidanceInputs(x, sigma, self.conds, self.uncond)
+        if self.before_model is None:
+            return inputs, self._memo
+        self.before_model(inputs)
+        unchanged = inputs.conds is self.conds and inputs.uncond is self.uncond
+        return inputs, self._memo if unchanged else None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        weights = [w for _, w in self.conds]
-        if self._skips_uncond():
-            self.last_uncond = None
-            (denoised,) = evaluate_conds(self.denoiser, x, sigma, [self.conds[0][0]], self._memo)
-            return apply_thresholding(denoised, self.thresholding, None, [denoised], weights)
-        *conds, uncond = evaluate_conds(self.denoiser, x, sigma, [c for c, _ in self.conds] + [self.uncond],
-                                        self._memo)
+        inputs, memo = self._inputs(x, sigma)
+        weights = [w for _, w in inputs.conds]
+        if self.scale == 1.0 and len(inputs.conds) == 1 and weights[0] == 1.0:
+            uncond = None
+            (denoised,) = conds = evaluate_conds(self.denoiser, inputs.x, inputs.sigma, [inputs.conds[0][0]], memo)
+        else:
+            *conds, uncond = evaluate_conds(self.denoiser, inputs.x, inputs.sigma,
+                                            [c for c, _ in inputs.conds] + [inputs.uncond], memo)
+            denoised = combine(uncond, conds, weights, self.scale)
         self.last_uncond = uncond
-        guided = combine(uncond, conds, weights, self.scale)
-        return apply_thresholding(guided, self.thresholding, uncond, conds, weights)
+        if self.after_cfg is None:
+            return denoised
+        prediction = GuidedPrediction(denoised, inputs.x, inputs.sigma, uncond, conds, weights)
+        self.after_cfg(prediction)
+        return prediction.denoised

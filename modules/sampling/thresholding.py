@@ -1,4 +1,5 @@
-"""Thresholding of the guided x0 estimate (Saharia et al. 2022, Imagen), applied by the guider.
+"""Thresholding of the guided x0 estimate (Saharia et al. 2022, Imagen), applied to the guider's
+combined prediction (the pipeline does it at its after-CFG hook point).
 
 Units: the denoised latents are in the *scaled* latent space the UNet sees (VAE latents times
 the model's scale factor, 0.18215 for SD1, 0.13025 for SDXL), where clean images have roughly
@@ -13,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from modules.sampling.guidance import combine
 
 LATENT_RANGE = 4.0
 
@@ -66,3 +69,17 @@ class Thresholding:
             raise ValueError(f"unknown thresholding mode {self.mode!r}")
         if not 0.0 < self.percentile <= 1.0:
             raise ValueError("percentile must be in (0, 1]")
+
+
+def apply_thresholding(guided: torch.Tensor, thresholding: Thresholding, uncond: torch.Tensor | None,
+                       conds: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """`guided` thresholded as `thresholding` says; mimic scale needs the unconditional x0 (without it,
+    at scale 1, the result is left as it is)."""
+    if thresholding.mode == "static":
+        return static_threshold(guided, thresholding.threshold)
+    if thresholding.mode == "dynamic":
+        return dynamic_threshold(guided, thresholding.percentile, thresholding.latent_range)
+    if thresholding.mode == "mimic" and uncond is not None:
+        mimic = combine(uncond, conds, weights, thresholding.mimic_scale)
+        return mimic_scale_threshold(guided, mimic, thresholding.percentile)
+    return guided

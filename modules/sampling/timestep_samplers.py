@@ -11,6 +11,7 @@ stopping at the first training timestep.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -24,15 +25,6 @@ def alpha_bar(sigma) -> float:
 
 def _batch_sigma(sigma, x):
     return sigma * x.new_ones([x.shape[0]])
-
-
-def last_uncond_denoised(model, denoised: torch.Tensor) -> torch.Tensor:
-    """The unconditional x0 of the guider's latest call (`CFGDenoiser.last_uncond`), for CFG++.
-
-    A model without guidance has no separate unconditional prediction: its output stands in.
-    """
-    uncond = getattr(model, "last_uncond", None)
-    return denoised if uncond is None else uncond
 
 
 def _ddim_step(x, denoised, eps_direction, sigma, sigma_next, eta, noise):
@@ -61,18 +53,22 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 
 @torch.no_grad()
 def sample_ddim_cfgpp(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=0.0,
-                      noise_sampler: NoiseSampler | None = None):
+                      noise_sampler: NoiseSampler | None = None,
+                      uncond_denoised: Callable[[], torch.Tensor | None] | None = None):
     """DDIM CFG++ (Chung et al. 2024): renoise along the *unconditional* noise estimate.
 
-    Reads the guider's unconditional x0 from `model.last_uncond` after each call (see guidance.py).
-    CFG++ is meant for small guidance scales (the paper's lambda in [0, 1]).
+    `uncond_denoised()` gives the unconditional x0 of the model's latest call (the guider's, see
+    guidance.py); where it gives None (no unconditional pass at scale 1) or is not given (a model
+    without guidance), the model's output stands in. CFG++ is meant for small guidance scales (the
+    paper's lambda in [0, 1]).
     """
     extra_args = extra_args or {}
     noise = noise_sampler or default_noise_sampler(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, _batch_sigma(sigmas[i], x), **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        eps_uncond = to_d(x, sigmas[i], last_uncond_denoised(model, denoised))
+        uncond = uncond_denoised() if uncond_denoised is not None else None
+        eps_uncond = to_d(x, sigmas[i], denoised if uncond is None else uncond)
         x = _ddim_step(x, denoised, eps_uncond, sigmas[i], sigmas[i + 1], eta, noise)
     return x
 

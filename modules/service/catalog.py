@@ -14,9 +14,9 @@ from modules.io import styles
 from modules.io.generation_request import Txt2ImgRequest
 from modules.models import lora
 from modules.models import vae as vae_files
-from modules.pipeline import prompt_parser
-from modules.pipeline.processing import hires_size
-from modules.pipeline.text_encoding import count_tokens
+from modules.pipeline.prompts import parser as prompt_parser
+from modules.pipeline.hires import hires_size
+from modules.pipeline.prompts.text_encoding import count_tokens
 from modules.postprocess import upscalers
 from modules.service.model_manager import ModelManager, NoCheckpointError
 

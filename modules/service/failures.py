@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from modules.models.devices import is_out_of_memory
 from modules.models.safe_load import ModelFileError
-from modules.pipeline.processing import NonFiniteImageError
+from modules.pipeline.vae_codec import NonFiniteImageError
 from modules.service.job_queue import JobCancelled, JobIdInUseError, QueueFullError
 from modules.service.model_manager import NoCheckpointError, UnknownCheckpointError
 

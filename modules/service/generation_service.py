@@ -19,6 +19,7 @@ import torch
 from modules.models import vae as vae_files
 from modules.models.checkpoints import CheckpointInfo
 from modules.accel.cuda_graphs import warmup_note
+from modules.accel.runner import ModelRunner
 from modules.postprocess.face_restoration import RESTORER_NAMES
 from modules.io.generation_request import Img2ImgRequest, Txt2ImgRequest
 from modules.io.extras_request import ExtrasRequest, ExtrasSource
@@ -27,10 +28,13 @@ from modules.service.catalog import Catalog
 from modules.service.extras import check_extras, extras_work
 from modules.service.job_queue import Job, JobQueue
 from modules.service.model_manager import ModelManager, UnknownCheckpointError
-from modules.pipeline.processing import GenerationResult, decode_latents, hires_size, img2img, txt2img
-from modules.pipeline.prompt_preparation import prepare_request
-from modules.sampling.rng import resolve_seed
-from modules.models.sd_model import StableDiffusionModel
+from modules.pipeline.builtin_hooks import builtin_hooks
+from modules.pipeline.hires import hires_size
+from modules.pipeline.hooks import Hooks
+from modules.pipeline.job import GenerationResult, Resources
+from modules.pipeline.processing import img2img, txt2img
+from modules.pipeline.prompts.preparation import prepare_request
+from modules.pipeline.vae_codec import decode_latents
 from modules.service.settings_store import Settings, SettingsStore
 from modules.service.step_reporting import JobStepReporter, PreviewSchedule
 
@@ -46,7 +50,7 @@ class Generated:
     """A finished generation and the facts an API response reports about it."""
 
     result: GenerationResult
-    request: Txt2ImgRequest  # as it ran: seeds resolved, settings applied
+    request: Txt2ImgRequest  # as submitted, settings applied (result.request: as it ran, seeds resolved)
     checkpoint: CheckpointInfo
     vae_name: str | None
     interrupted: bool
@@ -55,12 +59,10 @@ class Generated:
 
 
 def apply_settings(request: Txt2ImgRequest, settings: Settings) -> Txt2ImgRequest:
-    """Fill the fields the request left unset from the settings, and resolve random seeds now so
-    the job is reproducible from what it carries."""
+    """Fill the fields the request left unset from the settings (random seeds are drawn by the job,
+    after its prompt parameters are read)."""
     update: dict[str, Any] = {field: getattr(settings, key) for field, key in SETTING_FIELDS.items()
                               if field not in request.model_fields_set}
-    update["seed"] = resolve_seed(request.seed)
-    update["subseed"] = resolve_seed(request.subseed)
     return request.model_copy(update=update)
 
 
@@ -115,12 +117,14 @@ def check_work(request: Txt2ImgRequest, limit: float | None) -> None:
 
 class GenerationService:
     def __init__(self, manager: ModelManager, queue: JobQueue, settings: SettingsStore, outputs_dir: Path,
-                 max_request_work: float | None = None):
+                 max_request_work: float | None = None, hooks: Hooks | None = None):
         self.manager = manager
         self.queue = queue
         self.settings = settings
         self.outputs_dir = outputs_dir
         self.max_request_work = max_request_work  # megapixel-steps (--max-request-work); None or 0: no bound
+        # The pipeline's hooks: the project's own features; scripts and extensions add theirs here.
+        self.hooks = hooks if hooks is not None else builtin_hooks()
         self.catalog = Catalog(manager)
         settings.check_names_with(self.unknown_setting_names)
 
@@ -164,13 +168,15 @@ class GenerationService:
                 log.warning("%s; using Automatic", e)
                 self.manager.set_vae(vae_files.AUTOMATIC)
         model = self.manager.get(checkpoint.title)
-        start_warm_up(model)
+        runner = self.manager.runner_for(model)
+        if runner is not None:
+            start_warm_up(runner)
         return model
 
     def warmup_note(self) -> str | None:
         """What is being compiled in the background (--compile), for progress displays."""
-        model = self.manager.loaded
-        return None if model is None else warmup_note(model.warmups())
+        runner = self.manager.runner
+        return None if runner is None else warmup_note(runner.warmups())
 
     def load_model(self, checkpoint: str | None = None, **submit_options) -> Job:
         """A queue job that loads `checkpoint` (or the one the settings name) between generations."""
@@ -214,7 +220,7 @@ class GenerationService:
                                             code_former_weight=settings.code_former_weight,
                                             is_interrupted=lambda: job.interrupted)
             reporter = JobStepReporter(job, model, PreviewSchedule.from_settings(settings))  # previews on this model
-            result = run(model, request, outputs, reporter, resources)
+            result = run(model, request, outputs, reporter, resources, self.hooks)
             if persist_overrides and overrides:
                 self.settings.update(overrides)
             return Generated(result, request, model.checkpoint, model.vae_name, job.interrupted, timestamp, settings)
@@ -249,17 +255,18 @@ class GenerationService:
         self.queue.stop()
 
 
-def start_warm_up(model: StableDiffusionModel) -> None:
+def start_warm_up(runner: ModelRunner) -> None:
     """With --compile, a 1-step image at the model's native size starts compiling the UNet, VAE decoder
     and text encoder graphs for the size most images use, before the first request asks for it."""
-    if not (model.policy.compile and model.policy.replays_graphs) or model.warmups():
+    if not runner.compiles or runner.warmups():
         return
-    size = model.native_size
+    model, size = runner.model, runner.model.native_size
     # The VAE decoder first, as an image's decode would call it: its compile helper then runs alongside
     # the UNet's instead of starting when the image reaches its decode.
-    decode_latents(model, torch.zeros(1, model.latent_channels, size // 8, size // 8, device=model.policy.device))
-    txt2img(model, Txt2ImgRequest(prompt="", steps=1, width=size, height=size, save_images=False), None)
-    if model.helper_pool is not None:
-        # Each part's compile helpers were taken from the pool at its first call, above (none when the
-        # cache already holds its graphs); the ones left would only wait for jobs that will not come.
-        model.helper_pool.close()
+    decode_latents(model, torch.zeros(1, model.latent_channels, size // 8, size // 8, device=model.policy.device),
+                   runner)
+    txt2img(model, Txt2ImgRequest(prompt="", steps=1, width=size, height=size, save_images=False), None,
+            resources=Resources(runner=runner))
+    # Each part's compile helpers were taken from the pool at its first call, above (none when the cache
+    # already holds its graphs); the ones left would only wait for jobs that will not come.
+    runner.release_helpers()

@@ -26,6 +26,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from modules.io.generation_request import Txt2ImgRequest
+
 MIN_SIDE = 64
 MAX_SIDE = 2048
 MAX_SEED = 4294967295
@@ -182,3 +184,15 @@ def to_request_fields(params: MidjourneyParams, base_steps: int, negative_prompt
     if params.stop is not None:
         fields["stop_at_fraction"] = params.stop / 100
     return fields
+
+
+def apply_to_request(request: Txt2ImgRequest, native_size: int) -> Txt2ImgRequest:
+    """The request with its prompt's parameters read into fields and taken out of the prompt; `--ar`/`--w`/`--h`
+    sizes are kept multiples of 8 inside the request's bounds. Raises MidjourneyParamError."""
+    prompt, params = parse_midjourney_params(request.prompt, native_size)
+    fields = to_request_fields(params, request.steps, request.negative_prompt)
+    merged = {**request.model_dump(exclude={"infotext"}), **fields, "prompt": prompt}
+    if "width" in fields or "height" in fields:
+        merged["width"] = min(max(int(merged["width"]) // 8 * 8, MIN_SIDE), MAX_SIDE)
+        merged["height"] = min(max(int(merged["height"]) // 8 * 8, MIN_SIDE), MAX_SIDE)
+    return type(request).model_validate(merged)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from modules.accel.runner import ModelRunner
 from modules.models.embeddings import Embedding, EmbeddingDatabase, encoder_key, injected_vectors
 from modules.models.sd_model import StableDiffusionModel, TextEncoder
 
@@ -283,18 +284,22 @@ def chunk_input_ids(chunks: Sequence[PromptChunk], vocab: Vocabulary) -> torch.T
 
 @torch.no_grad()
 def encode_chunk_batch(encoder: TextEncoder, chunks: Sequence[PromptChunk], clip_skip: int = 1,
-                       emphasis: str = DEFAULT_EMPHASIS,
-                       vocab: Vocabulary | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weighted hidden states (batch, 77, width) float32, pooled projection or None) of one chunk per row."""
+                       emphasis: str = DEFAULT_EMPHASIS, vocab: Vocabulary | None = None,
+                       runner: ModelRunner | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weighted hidden states (batch, 77, width) float32, pooled projection or None) of one chunk per row;
+    through `runner` (CUDA graphs) when given."""
     vocab = vocab or Vocabulary.of(encoder)
     device = encoder.device or next(encoder.model.parameters()).device
     ids = chunk_input_ids(chunks, vocab).to(device)
     key = encoder_key(encoder)
     fixes = [[(fix.position, fix.embedding.vectors_for(key)) for fix in chunk.fixes] for chunk in chunks]
     inner = text_model(encoder.model)
+    depth = layer_depth(encoder, clip_skip)
     with injected_vectors(inner.embeddings.token_embedding, fixes):
-        # A graph would bake in one prompt's embedding vectors: prompts with embeddings run eagerly.
-        hidden, pooled = encoder.hidden_states(ids, layer_depth(encoder, clip_skip), replay=not any(fixes))
+        if runner is None:
+            hidden, pooled = encoder.hidden_states(ids, depth)
+        else:  # a graph would bake in one prompt's embedding vectors: prompts with embeddings run eagerly
+            hidden, pooled = runner.text_hidden_states(encoder, ids, depth, replay=not any(fixes))
     if encoder.final_layer_norm:
         hidden = inner.final_layer_norm(hidden)
     multipliers = torch.tensor([chunk.multipliers for chunk in chunks], dtype=torch.float32)
@@ -314,7 +319,7 @@ class TextConditioning:
 @torch.no_grad()
 def encode_texts(encoders: Sequence[TextEncoder], prompts: list[str], clip_skip: int = 1,
                  emphasis: str = DEFAULT_EMPHASIS, embeddings: EmbeddingDatabase | None = None,
-                 comma_backtrack: int = COMMA_PADDING_BACKTRACK) -> TextConditioning:
+                 comma_backtrack: int = COMMA_PADDING_BACKTRACK, runner: ModelRunner | None = None) -> TextConditioning:
     """Conditioning of a batch of prompts by every text encoder, joined on the channel axis.
 
     Prompts with fewer chunks than the longest get empty chunks (start, end, padding), as upstream.
@@ -330,7 +335,7 @@ def encode_texts(encoders: Sequence[TextEncoder], prompts: list[str], clip_skip:
         for index in range(chunk_count):
             column = [chunks[index] if index < len(chunks) else vocab.empty_chunk() for chunks in batch_chunks]
             used.update({fix.embedding.name: fix.embedding for chunk in column for fix in chunk.fixes})
-            z, chunk_pooled = encode_chunk_batch(encoder, column, clip_skip, emphasis, vocab)
+            z, chunk_pooled = encode_chunk_batch(encoder, column, clip_skip, emphasis, vocab, runner)
             zs.append(z)
             if index == 0 and chunk_pooled is not None:
                 pooled = chunk_pooled
@@ -340,8 +345,9 @@ def encode_texts(encoders: Sequence[TextEncoder], prompts: list[str], clip_skip:
 
 def encode_model_texts(model: StableDiffusionModel, prompts: list[str], clip_skip: int = 1,
                        emphasis: str = DEFAULT_EMPHASIS, embeddings: EmbeddingDatabase | None = None,
-                       comma_backtrack: int = COMMA_PADDING_BACKTRACK) -> TextConditioning:
-    return encode_texts(model.text_encoders, prompts, clip_skip, emphasis, embeddings, comma_backtrack)
+                       comma_backtrack: int = COMMA_PADDING_BACKTRACK,
+                       runner: ModelRunner | None = None) -> TextConditioning:
+    return encode_texts(model.text_encoders, prompts, clip_skip, emphasis, embeddings, comma_backtrack, runner)
 
 
 def emphasis_infotext(prompts: Sequence[str], emphasis: str) -> str | None:
