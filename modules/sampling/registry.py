@@ -30,7 +30,7 @@ class SamplerSpec:
     brownian_noise: bool = False  # SDE sampler: wants a seeded Brownian tree as its noise sampler
     uses_ensd: bool = False  # A1111 writes the eta noise seed delta into the infotext for these
     discard_next_to_last_sigma: bool = False
-    needs_uncond: bool = False  # reads the guider's unconditional prediction (CFG++)
+    needs_uncond: bool = False  # is given the guider's unconditional x0 as `uncond_denoised` (CFG++)
     options: dict = field(default_factory=dict)  # fixed keyword options (e.g. solver_type)
 
     def accepted_options(self) -> set[str]:
