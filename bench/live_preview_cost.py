@@ -6,7 +6,7 @@ latent map every step, and the full VAE every step (and every 5), on one model, 
 
 Previews are started on the device and copied to the host without waiting, so the cheap ones should
 cost the sampling loop nothing it waits for; the full ones cost a VAE decode each.
-Writes <out>/live_preview_cost.json.
+Writes <out>/live_preview_cost-<family>[-graphs].json.
 """
 
 from __future__ import annotations
@@ -54,13 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", default="sd1", choices=("sd1", "sdxl"))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--cuda-graphs", action="store_true", help="replay the UNet and VAE from CUDA graphs")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     case = Case(args.family, args.family, 64 if args.tiny else (1024 if args.family == "sdxl" else 512),
                 4 if args.tiny else (30 if args.family == "sdxl" else 20))
     rows = []
     with tempfile.TemporaryDirectory() as work:
-        model = load_ours(write_checkpoint(args.family, Path(work), str(device), args.tiny), device)
+        policy = None
+        if args.cuda_graphs:
+            from modules.models.devices import DevicePolicy
+
+            policy = DevicePolicy(device, torch.float16, torch.float16, torch.float16, cuda_graphs=True)
+        model = load_ours(write_checkpoint(args.family, Path(work), str(device), args.tiny), device, policy)
         for name, (method, every) in SCHEDULES.items():
             schedule = PreviewSchedule(method, every)
             generate(model, case, schedule, 0)  # warm-up: graphs captured, allocator filled
@@ -69,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"previews": name, "median_s": round(seconds, 4), "published": [n for _, n in runs]})
             print(f"{name:>20}: {seconds * 1000:8.1f} ms  previews published per image: {rows[-1]['published']}")
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"environment": environment(), "case": case.__dict__, "device": str(device), "rows": rows}
-    (args.out / "live_preview_cost.json").write_text(json.dumps(report, indent=2))
+    report = {"environment": environment(), "case": case.__dict__, "device": str(device),
+              "cuda_graphs": args.cuda_graphs, "rows": rows}
+    name = f"live_preview_cost-{args.family}{'-graphs' if args.cuda_graphs else ''}.json"
+    (args.out / name).write_text(json.dumps(report, indent=2))
     return 0
 
 

@@ -60,12 +60,12 @@ def test_unknown_memory_mode_is_refused(tmp_path):
 def test_full_previews_fall_back_to_cheap_ones_in_low_memory_modes(tmp_path):
     """A full-VAE preview runs between two sampling steps: in --medvram/--lowvram each one would move the
     UNet off the device and back, so the worker makes the cheap preview there."""
-    from modules.pipeline.live_preview import preview_method, start_preview
+    from modules.pipeline.live_preview import PreviewMaker, preview_method
 
     latents = torch.zeros(1, 4, 8, 8)
     for mode, expect in (("normal", "Full"), ("medvram", "Approx cheap"), ("lowvram", "Approx cheap")):
         model = load_tiny_model(tmp_path / mode, policy=dataclasses.replace(DevicePolicy.cpu(), memory_mode=mode))
         assert preview_method("Full", model) == expect, mode
         assert preview_method("Approx cheap", model) == "Approx cheap"  # cheap previews unless asked for
-        assert [image.size for image in start_preview(model, latents, expect).images()] == \
+        assert [image.size for image in PreviewMaker(model, "Full").start(latents).images()] == \
             [(64, 64) if expect == "Full" else (8, 8)]

@@ -225,12 +225,12 @@ def test_pixel_bias_really_shifts_the_decoder(tmp_path):
     """The premise of the tests above: the two checkpoints' VAEs decode the same latents white and black."""
     from modules.models.checkpoints import CheckpointInfo
     from modules.models.sd_loader import load_checkpoint
-    from modules.pipeline.live_preview import start_preview
+    from modules.pipeline.live_preview import PreviewMaker
 
     folder = _write_checkpoints(tmp_path)
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     for name in SHADES:
         path = folder / f"{name}.safetensors"
         model = load_checkpoint(CheckpointInfo(path, path.name, None), DevicePolicy.cpu())
-        [image] = start_preview(model, latents, "Full").images()
+        [image] = PreviewMaker(model, "Full").start(latents).images()
         assert image.size == (64, 64) and _shade(image) == name

@@ -41,12 +41,12 @@ def _to_uint8(rgb: torch.Tensor) -> torch.Tensor:
     return ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
-def cheap_pixels(latents: torch.Tensor) -> torch.Tensor | None:
-    """[B, 4, h, w] latents -> [B, h, w, 3] bytes on the latents' device; None for other shapes."""
-    if latents.ndim != 4 or latents.shape[1] != SD_LATENT_RGB.shape[0]:
+def cheap_pixels(latents: torch.Tensor, latent_rgb: torch.Tensor) -> torch.Tensor | None:
+    """[B, 4, h, w] latents -> [B, h, w, 3] bytes on the latents' device (`latent_rgb`: SD_LATENT_RGB there);
+    None for other shapes."""
+    if latents.ndim != 4 or latents.shape[1] != latent_rgb.shape[0]:
         return None
-    rgb = torch.einsum("blhw,lr->bhwr", latents.float(), SD_LATENT_RGB.to(latents.device))
-    return _to_uint8(rgb)
+    return _to_uint8(torch.einsum("blhw,lr->bhwr", latents.float(), latent_rgb))
 
 
 @torch.no_grad()
@@ -57,11 +57,9 @@ def vae_pixels(model: StableDiffusionModel, latents: torch.Tensor) -> tuple[torc
     return _to_uint8(decoded.permute(0, 2, 3, 1)), torch.isfinite(decoded).all()
 
 
-def _to_host(tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.device.type != "cuda":
-        return tensor.cpu()
-    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    return host.copy_(tensor, non_blocking=True)
+def _to_pinned_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy in page-locked host memory, started without waiting for the device."""
+    return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor, non_blocking=True)
 
 
 @dataclass
@@ -84,20 +82,29 @@ class PendingPreview:
         return [Image.fromarray(np.ascontiguousarray(array)) for array in self.pixels.numpy()]
 
 
-@torch.no_grad()
-def start_preview(model: StableDiffusionModel, latents: torch.Tensor, method: PreviewMethod) -> PendingPreview | None:
-    """Start a preview of `latents` (a step's x0 estimate) with `method`; None when the latents cannot be shown
-    (the cheap map knows 4-channel latents only)."""
-    if method == "Full":
-        pixels, finite = vae_pixels(model, latents)
-    else:
-        pixels = cheap_pixels(latents.detach())
-        if pixels is None:
-            return None
-        finite = torch.isfinite(latents).all()
-    pixels, finite = _to_host(pixels), _to_host(finite)
-    copied = None
-    if latents.is_cuda:
+class PreviewMaker:
+    """Starts previews of one model's latents, by the method that suits the model."""
+
+    def __init__(self, model: StableDiffusionModel, asked: PreviewMethod):
+        self.model = model
+        self.method = preview_method(asked, model)
+        # Copied to the device once: a copy from pageable host memory waits for the device, every time.
+        self._latent_rgb = SD_LATENT_RGB.to(model.policy.device)
+
+    @torch.no_grad()
+    def start(self, latents: torch.Tensor) -> PendingPreview | None:
+        """Start a preview of `latents` (a step's x0 estimate); None when they cannot be shown (the cheap map
+        knows 4-channel latents only)."""
+        if self.method == "Full":
+            pixels, finite = vae_pixels(self.model, latents)
+        else:
+            pixels = cheap_pixels(latents.detach(), self._latent_rgb)
+            if pixels is None:
+                return None
+            finite = torch.isfinite(latents).all()
+        if not pixels.is_cuda:
+            return PendingPreview(pixels.cpu(), finite.cpu(), None)
+        pixels, finite = _to_pinned_host(pixels), _to_pinned_host(finite)
         copied = torch.cuda.Event()
         copied.record()
-    return PendingPreview(pixels, finite, copied)
+        return PendingPreview(pixels, finite, copied)

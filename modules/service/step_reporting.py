@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modules.models.sd_model import StableDiffusionModel
-from modules.pipeline.live_preview import PendingPreview, PreviewMethod, preview_method, start_preview
+from modules.pipeline.live_preview import PendingPreview, PreviewMaker, PreviewMethod
 from modules.pipeline.progress import SamplingInterrupted, SamplingStep
 from modules.service.jobs import Job, JobProgress
 from modules.service.settings_store import Settings
@@ -41,8 +41,7 @@ class JobStepReporter:
 
     def __init__(self, job: Job, model: StableDiffusionModel, schedule: PreviewSchedule):
         self.job = job
-        self.model = model
-        self.method = preview_method(schedule.method, model)
+        self.previews = PreviewMaker(model, schedule.method)
         self.schedule = schedule
         self._pending: PendingPreview | None = None  # at most one preview on its way, so none pile up
 
@@ -53,7 +52,7 @@ class JobStepReporter:
         if self.job.interrupted or self.job.take_skip():
             raise SamplingInterrupted()
         if self._pending is None and self.schedule.due(progress, step):
-            self._pending = start_preview(self.model, step.denoised, self.method)
+            self._pending = self.previews.start(step.denoised)
             self._publish_when_ready()
 
     def _publish_when_ready(self) -> None:
