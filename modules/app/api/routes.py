@@ -35,7 +35,7 @@ from modules.io.extras_request import ExtrasFieldError, ExtrasRequest, ExtrasSou
 from modules.io.image_saving import read_parameters
 from modules.io.infotext import parse_generation_parameters
 from modules.service.jobs import Job, JobInterrupted, QueueView
-from modules.service.failures import (MODEL_FILE_ERRORS, JobIdInUseError, NonFiniteImageError, QueueFullError,
+from modules.service.failures import (MODEL_FILE_ERRORS, SELF_EXPLAINING_FAILURES, JobIdInUseError, QueueFullError,
                                       UnknownCheckpointError, is_out_of_memory)
 from modules.service.settings_store import path_valued_keys
 from modules.app.short_errors import json_safe, short_message
@@ -93,7 +93,7 @@ def http_error(error: BaseException, checkpoint_field: tuple = ("override_settin
     if is_out_of_memory(error):
         return HTTPException(503, "the device ran out of memory for this job; try a smaller size or batch "
                                   "(the server keeps running)")
-    if isinstance(error, NonFiniteImageError):
+    if isinstance(error, SELF_EXPLAINING_FAILURES):
         return HTTPException(500, str(error))
     if isinstance(error, ValueError):  # the request asked for something the pipeline refuses (prompt syntax, ...)
         return _unprocessable((), str(error))

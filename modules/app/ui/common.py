@@ -39,10 +39,6 @@ class UiContext:
         return self.service.catalog
 
     @property
-    def manager(self):
-        return self.service.manager
-
-    @property
     def settings(self) -> SettingsStore:
         return self.service.settings
 
@@ -96,7 +92,3 @@ def user_error(error: BaseException) -> gr.Error:
     if isinstance(error, KeyError):
         return refusal(str(error.args[0]) if error.args else "unknown name")
     return refusal(str(error))
-
-
-def default_size(manager) -> int:  # TODO(issue 21): callers move to ctx.catalog.default_size()
-    return Catalog(manager).default_size()
