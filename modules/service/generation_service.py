@@ -80,7 +80,8 @@ def expected_progress(request: Txt2ImgRequest) -> tuple[int, int]:
     passes = request.n_iter * (2 if request.enable_hr else 1)
     steps = request.steps
     if isinstance(request, Img2ImgRequest):
-        steps = max(1, int(min(request.denoising_strength, 0.999) * request.steps))
+        # The tail of the schedule from the strength's noise level: int(strength * steps) + 1 steps run.
+        steps = int(min(request.denoising_strength, 0.999) * request.steps) + 1
     return passes, steps
 
 
