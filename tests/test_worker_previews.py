@@ -234,3 +234,28 @@ def test_pixel_bias_really_shifts_the_decoder(tmp_path):
         model = load_checkpoint(CheckpointInfo(path, path.name, None), DevicePolicy.cpu())
         [image] = PreviewMaker(model, "Full").start(latents).images()
         assert image.size == (64, 64) and _shade(image) == name
+
+
+def test_a_full_preview_that_is_not_finite_is_left_out_and_the_model_stays_as_it_was(tmp_path):
+    """An image's decode that gives NaN in half precision switches the VAE to float32 for good; a preview
+    must never change the model under the job, so a non-finite one is simply not shown."""
+    import dataclasses
+
+    from modules.models.checkpoints import CheckpointInfo
+    from modules.models.sd_loader import load_checkpoint
+    from modules.pipeline.progress import SamplingStep
+    from modules.service.step_reporting import JobStepReporter, PreviewSchedule
+
+    state = tiny_original_state_dict("sd1")
+    path = save_checkpoint({**state, DECODER_OUTPUT_BIAS: torch.full_like(state[DECODER_OUTPUT_BIAS], float("nan"))},
+                           tmp_path / "nan.safetensors")
+    (tmp_path / "nan.yaml").write_text(tiny_ldm_yaml("sd1"))
+    model = load_checkpoint(CheckpointInfo(path, path.name, None),
+                            dataclasses.replace(DevicePolicy.cpu(), vae_dtype=torch.float16))
+    policy = model.policy
+    job = Job("task(nan)", "txt2img", lambda job: None)
+    report = JobStepReporter(job, model, PreviewSchedule("Full", 1))
+    for i in range(3):
+        report(SamplingStep(i, 3, torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(i))))
+    assert job.progress.preview is None and job.progress.step == 3
+    assert model.policy is policy and {p.dtype for p in model.vae.parameters()} == {torch.float16}
