@@ -18,7 +18,6 @@ Writes <out>/gpu_memory.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import torch  # noqa: E402
 
 from gpu_speed import VAE, Case, Report, load_ours, run_ours, sync, write_checkpoint  # noqa: E402
+from modules.accel.runner import ModelRunner, RunnerSettings  # noqa: E402
 
 MiB = 2**20
 
@@ -126,10 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         model = load_ours(write_checkpoint("sd1", Path(work), "cuda", tiny=False), torch.device("cuda"))
         outputs = Path(work) / "outputs"
         outputs.mkdir()
-        call = run_ours(model, case, outputs)
+        eager = ModelRunner(model)
+        call = run_ours(eager, case, outputs)
         call(0)
         report.add(case=case.name, what="eager, second image", **traced_image(call, 1))
-        model.set_policy(dataclasses.replace(model.policy, cuda_graphs=True))
+        eager.close()
+        call = run_ours(ModelRunner(model, RunnerSettings(cuda_graphs=True)), case, outputs)
         report.add(case=case.name, what="cuda-graphs, first image (captures)", **traced_image(call, 2))
         report.add(case=case.name, what="cuda-graphs, later image", **traced_image(call, 3))
     return 0

@@ -13,6 +13,9 @@ Each section measures, in order: ours eager; ours with CUDA graphs (+ batch 8, +
 from the disk cache with --cached-warmup, end to end, batch 16); stock compiled. A full SD1.5 + SDXL
 run takes about 10 minutes on an H200, most of it compiling: `--sections sd15` alone about 5.
 
+Each of our paths is the application's model with a ModelRunner of its settings (modules/accel/runner.py),
+as the model manager makes one; `--compile-settings` is handed to that runner.
+
 Prints a table and writes <out>/gpu_speed.json after every measurement (a run cut short keeps what
 it measured). End to end means: prompt encoding, sampling, VAE decode and writing the PNG.
 """
@@ -36,10 +39,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from acceleration_variants import runner_compile_settings  # noqa: E402
+from modules.accel.compilation import COMPILE_SETTINGS  # noqa: E402
+from modules.accel.runner import ModelRunner, RunnerSettings  # noqa: E402
 from modules.models import ldm_layout  # noqa: E402
 
 PROMPT = "a photograph of an astronaut riding a horse, detailed, 8k"
@@ -117,6 +124,7 @@ def write_checkpoint(family: str, folder: Path, device: str, tiny: bool) -> Path
 
 
 def load_ours(path: Path, device: torch.device, policy=None):
+    """The checkpoint loaded as the application loads it (a plain model; runners are made per path)."""
     from modules.models.checkpoints import list_checkpoints
     from modules.models.devices import DevicePolicy
     from modules.models.sd_loader import load_checkpoint
@@ -127,13 +135,17 @@ def load_ours(path: Path, device: torch.device, policy=None):
     return load_checkpoint(info, policy)
 
 
-def use_compile_settings(text: str | None) -> None:
-    """Run --compile with another acceleration variant (modules/acceleration.py) than the application's."""
-    if text:
-        from modules.models import sd_model
-        from modules.accel.acceleration import Acceleration
+def runner_settings(path: str, args) -> RunnerSettings:
+    """The runner of one of our paths: "eager", "cuda-graphs" or "compiled" (with --helpers and
+    --compile-settings, e.g. compile=layers+quick: acceleration_variants.py)."""
+    compiled = path == "compiled"
+    settings = runner_compile_settings(args.compile_settings) if args.compile_settings else COMPILE_SETTINGS
+    return RunnerSettings(cuda_graphs=path != "eager", compile=compiled, compile_helpers=args.helpers,
+                          compile_settings=settings)
 
-        sd_model.COMPILE_SETTINGS = Acceleration.parse(text)
+
+def make_runner(model, path: str, args) -> ModelRunner:
+    return ModelRunner(model, runner_settings(path, args))
 
 
 # --------------------------------------------------------------------------------------------- timing
@@ -179,11 +191,14 @@ def ours_request(case: Case, seed: int, batch: int = 1):
     return Txt2ImgRequest(**fields)
 
 
-def run_ours(model, case: Case, outputs: Path, batch: int = 1):
-    from modules.pipeline.processing import Resources, txt2img
+def run_ours(runner, case: Case, outputs: Path, batch: int = 1, hooks=None):
+    """One txt2img image (or batch) through `runner`, as a job of the application runs it."""
+    from modules.pipeline.job import Resources
+    from modules.pipeline.processing import txt2img
 
     def call(i: int):
-        return txt2img(model, ours_request(case, 1000 + i, batch), outputs, None, Resources())
+        return txt2img(runner.model, ours_request(case, 1000 + i, batch), outputs, None, Resources(runner=runner),
+                       hooks)
     return call
 
 
@@ -222,8 +237,9 @@ def run_stock(pipe, case: Case, outputs: Path, batch: int = 1):
     return call
 
 
-def unet_steps_per_second(model, case: Case, runs: int = 20) -> float:
-    """UNet calls per second at batch 2 (cond + uncond), through the model's own calling convention."""
+def unet_steps_per_second(runner, case: Case, runs: int = 20) -> float:
+    """UNet calls per second at batch 2 (cond + uncond), through the runner, as sampling calls it."""
+    model = runner.model
     latent = case.size // 8
     device = model.policy.device
     x = torch.randn(2, 4, latent, latent, device=device)
@@ -235,14 +251,14 @@ def unet_steps_per_second(model, case: Case, runs: int = 20) -> float:
                  "time_ids": torch.tensor([[case.size, case.size, 0, 0, case.size, case.size]] * 2, device=device)}
     with torch.no_grad():
         for _ in range(3):
-            model.unet_fn(x, t, context=context, **extra)
-        wait_for_warmups(model)  # with --compile: time the compiled path, not the one serving meanwhile
+            runner.unet_fn(x, t, context=context, **extra)
+        wait_for_warmups(runner)  # with --compile: time the compiled path, not the one serving meanwhile
         for _ in range(3):
-            model.unet_fn(x, t, context=context, **extra)
+            runner.unet_fn(x, t, context=context, **extra)
         sync()
         started = time.perf_counter()
         for _ in range(runs):
-            model.unet_fn(x, t, context=context, **extra)
+            runner.unet_fn(x, t, context=context, **extra)
         sync()
     return runs / (time.perf_counter() - started)
 
@@ -284,21 +300,21 @@ def median(times: list[float]) -> float:
 
 # --------------------------------------------------------------------------------------------- sections
 
-def wait_for_warmups(model, timeout: float = 300) -> dict:
+def wait_for_warmups(runner, timeout: float = 300) -> dict:
     """Blocks until every background compilation has finished; their seconds (and errors) by part."""
     started = time.perf_counter()
-    while any(w.finished is None for w in model.warmups()) and time.perf_counter() - started < timeout:
+    while any(w.finished is None for w in runner.warmups()) and time.perf_counter() - started < timeout:
         time.sleep(0.1)
-    return {w.label: (round(w.seconds, 1) if w.error is None else f"failed: {w.error}") for w in model.warmups()}
+    return {w.label: (round(w.seconds, 1) if w.error is None else f"failed: {w.error}") for w in runner.warmups()}
 
 
-def warm_up(model, report: Report, case: Case, label: str) -> None:
+def warm_up(runner, report: Report, case: Case, label: str) -> None:
     """Time from asking for the fast path to having it: the 1-step warm-up image and the compilations."""
     from modules.service.generation_service import start_warm_up
 
     started = time.perf_counter()
-    start_warm_up(model)
-    parts = wait_for_warmups(model)
+    start_warm_up(runner)
+    parts = wait_for_warmups(runner)
     report.add(case=case.name, what=f"ours compile warm-up ({label})", total_s=round(time.perf_counter() - started, 1),
                parts=parts)
 
@@ -310,27 +326,27 @@ def image_difference(a, b) -> dict:
     return {"mean_abs_diff": round(float(diff.mean()), 3), "p99_abs_diff": round(float(np.percentile(diff, 99)), 1)}
 
 
-def measure_ours(model, case: Case, report: Report, outputs: Path, args, label: str, eager_image=None):
+def measure_ours(runner, case: Case, report: Report, outputs: Path, args, label: str, eager_image=None):
     """End to end; peak memory of the first call (which captures graphs) and of the calls after it."""
     row: dict = {}
     with peak_memory(row, "first_call_peak_vram_gib"):
-        first, _ = timed(run_ours(model, case, outputs), 0)
+        first, _ = timed(run_ours(runner, case, outputs), 0)
     with peak_memory(row):
-        _, times = timed(run_ours(model, case, outputs), args.runs)
-    image = run_ours(model, case, outputs)(7).images[0]
+        _, times = timed(run_ours(runner, case, outputs), args.runs)
+    image = run_ours(runner, case, outputs)(7).images[0]
     if eager_image is not None:
         row.update(image_difference(eager_image, image))
     report.add(case=case.name, what=f"ours {label} e2e", first_s=round(first, 3), median_s=median(times), **row)
-    report.add(case=case.name, what=f"ours {label} unet it/s", value=round(unet_steps_per_second(model, case), 2))
+    report.add(case=case.name, what=f"ours {label} unet it/s", value=round(unet_steps_per_second(runner, case), 2))
     return image
 
 
-def measure_batch(model, case: Case, report: Report, outputs: Path, batch: int, label: str) -> None:
+def measure_batch(runner, case: Case, report: Report, outputs: Path, batch: int, label: str) -> None:
     row: dict = {}
     with peak_memory(row):
-        first = timed(run_ours(model, case, outputs, batch), 0)[0]
-        wait_for_warmups(model)
-        _, times = timed(run_ours(model, case, outputs, batch), 3)
+        first = timed(run_ours(runner, case, outputs, batch), 0)[0]
+        wait_for_warmups(runner)
+        _, times = timed(run_ours(runner, case, outputs, batch), 3)
     report.add(case=case.name, what=f"ours {label} batch {batch}", images_per_s=round(batch / median(times), 2),
                median_s=median(times), first_s=round(first, 2), **row)
 
@@ -363,73 +379,70 @@ def bench_case(case: Case, report: Report, work: Path, args) -> None:
     report.add(case=case.name, what="load", seconds=round(time.perf_counter() - started, 2))
     outputs = work / "outputs"
     outputs.mkdir(exist_ok=True)
-    eager_image = measure_ours(model, case, report, outputs, args, "eager")
+    runner = make_runner(model, "eager", args)
+    eager_image = measure_ours(runner, case, report, outputs, args, "eager")
+    runner.close()
     if device.type != "cuda":
+        if "breakdown" in args.paths:  # the CPU check of the stage marks
+            stage_breakdown(make_runner(model, "eager", args), case, report, outputs, "eager")
         return
-    plain = model.policy
-    model.set_policy(dataclasses.replace(plain, cuda_graphs=True))
+    runner = make_runner(model, "cuda-graphs", args)
     try:
-        measure_ours(model, case, report, outputs, args, "cuda-graphs", eager_image)
+        measure_ours(runner, case, report, outputs, args, "cuda-graphs", eager_image)
         if "breakdown" in args.paths:
-            stage_breakdown(model, case, report, outputs, "cuda-graphs")
+            stage_breakdown(runner, case, report, outputs, "cuda-graphs")
         if case.family == "sd1" and 8 in args.batches:
-            measure_batch(model, case, report, outputs, 8, "cuda-graphs")
+            measure_batch(runner, case, report, outputs, 8, "cuda-graphs")
     except Exception as e:  # noqa: BLE001
         report.add(case=case.name, what="ours cuda-graphs", error=f"{type(e).__name__}: {e}"[:500])
     measure_stock(model, case, report, outputs, args, compiled=False)
+    runner.close()
     if "lowvram" in args.paths:
         bench_low_memory(case, path, report, outputs, args)
 
+    runner = None
     if "compile" in args.paths:
-        compiled = dataclasses.replace(plain, cuda_graphs=True, compile=True, compile_helpers=args.helpers)
-        model.set_policy(compiled)
+        runner = make_runner(model, "compiled", args)
         try:
-            warm_up(model, report, case, "first, empty cache")
+            warm_up(runner, report, case, "first, empty cache")
             if args.cached_warmup:
                 torch._dynamo.reset()
-                model.set_policy(compiled)
-                warm_up(model, report, case, "again, from the on-disk cache")
-            measure_ours(model, case, report, outputs, args, "compiled", eager_image)
+                runner.close()
+                runner = make_runner(model, "compiled", args)
+                warm_up(runner, report, case, "again, from the on-disk cache")
+            measure_ours(runner, case, report, outputs, args, "compiled", eager_image)
             if "breakdown" in args.paths:
-                stage_breakdown(model, case, report, outputs, "compiled")
+                stage_breakdown(runner, case, report, outputs, "compiled")
             for batch in [b for b in args.batches if b > 8] if case.family == "sd1" else ():
-                measure_batch(model, case, report, outputs, batch, "compiled")
+                measure_batch(runner, case, report, outputs, batch, "compiled")
         except Exception as e:  # noqa: BLE001
             report.add(case=case.name, what="ours compiled", error=f"{type(e).__name__}: {e}"[:500])
+    # Stock compiled runs with the UNet as the compiled runner left it (channels_last), as it always has.
     if "stock-compiled" in args.paths and (case.family == "sd1" or args.sdxl_compile):
         measure_stock(model, case, report, outputs, args, compiled=True)
-    model.set_policy(plain)
-    del model
+    if runner is not None:
+        runner.close()
+    del model, runner
     torch.cuda.empty_cache()
 
 
-def stage_breakdown(model, case: Case, report: Report, outputs: Path, label: str, runs: int = 3) -> None:
+def stage_breakdown(runner, case: Case, report: Report, outputs: Path, label: str, runs: int = 3) -> None:
     """Seconds per stage of one image (each stage synchronised, so they add up to a little more than
     the pipelined end-to-end time): where the time outside the UNet goes."""
-    from modules.pipeline import processing
+    from stage_marks import STAGES, StageMarks
 
-    stages = {"encode prompts": "encode_conditioning", "sample": "sample_latents", "VAE decode": "decode_latents",
-              "PNG + save": "_collect"}
-    spent = {name: [] for name in stages}
-    originals = {name: getattr(processing, attr) for name, attr in stages.items()}
+    spent: dict[str, list[float]] = {name: [] for name in STAGES}
+    started: dict[str, float] = {}
 
-    def timed_stage(name):
-        def wrapper(*a, **k):
-            sync()
-            started = time.perf_counter()
-            out = originals[name](*a, **k)
-            sync()
-            spent[name].append(time.perf_counter() - started)
-            return out
-        return wrapper
+    def begin(name: str) -> None:
+        sync()
+        started[name] = time.perf_counter()
 
-    try:
-        for name, attr in stages.items():
-            setattr(processing, attr, timed_stage(name))
-        _, totals = timed(run_ours(model, case, outputs), runs)
-    finally:
-        for name, attr in stages.items():
-            setattr(processing, attr, originals[name])
+    def end(name: str) -> None:
+        sync()
+        spent[name].append(time.perf_counter() - started[name])
+
+    _, totals = timed(run_ours(runner, case, outputs, hooks=StageMarks(begin, end).hooks()), runs)
     report.add(case=case.name, what=f"ours {label} stages", total_s=median(totals),
                **{name: median(times[-runs:]) for name, times in spent.items()})
 
@@ -445,7 +458,7 @@ def bench_low_memory(case: Case, path: Path, report: Report, outputs: Path, args
     model = load_ours(path, policy.device, policy)
     row: dict = {"allocated_after_load_gib": round((torch.cuda.memory_allocated() - before) / 2**30, 3)}
     torch.cuda.reset_peak_memory_stats()
-    first, times = timed(run_ours(model, case, outputs), 2)
+    first, times = timed(run_ours(ModelRunner(model, RunnerSettings.from_policy(policy)), case, outputs), 2)
     sync()
     row["peak_vram_gib"] = round((torch.cuda.max_memory_allocated() - before) / 2**30, 3)
     report.add(case=case.name, what="ours --lowvram e2e", first_s=round(first, 2), median_s=median(times), **row)
@@ -480,7 +493,7 @@ def bench_model_switches(report: Report, work: Path, args) -> None:
     memory = []
     for i in range(10):
         model = manager.get(names[i % 2])
-        run_ours(model, Case("switch", "sd1", 512 if cuda else 64, 2), work)(i)
+        run_ours(manager.runner_for(model), Case("switch", "sd1", 512 if cuda else 64, 2), work)(i)
         del model
         used = torch.cuda.memory_allocated() if cuda else psutil.Process().memory_info().rss
         memory.append(round(used / 2**30, 3))
@@ -500,11 +513,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdxl-compile", action="store_true", help="also stock compiled SDXL (minutes of compile)")
     parser.add_argument("--stock-batch16", action="store_true", help="also stock compiled at batch 16 (recompiles)")
     parser.add_argument("--helpers", type=int, default=None, help="compile helper processes (--compile-helpers)")
-    parser.add_argument("--compile-settings", default=None, help="an acceleration variant for --compile, e.g. compile=layers+quick")
+    parser.add_argument("--compile-settings", default=None,
+                        help="compile settings for --compile, e.g. compile=layers+quick (acceleration_variants.py)")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its convolution algorithms")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU, to check the script")
     args = parser.parse_args(argv)
-    use_compile_settings(args.compile_settings)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     args.batches = [int(b) for b in args.batches.split(",") if b]
     report = Report(args.out)

@@ -16,7 +16,6 @@ torch.profiler and reports, from the trace:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -33,11 +32,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 
-from gpu_speed import (Case, Report, load_ours, run_ours, use_compile_settings, wait_for_warmups,  # noqa: E402
+from gpu_speed import (Case, Report, load_ours, run_ours, runner_settings, wait_for_warmups,  # noqa: E402
                        write_checkpoint)
+from modules.accel.runner import ModelRunner  # noqa: E402
+from stage_marks import STAGES, StageMarks  # noqa: E402
 
-STAGES = {"encode prompts": "encode_conditioning", "sampling": "sample_latents", "VAE decode": "decode_latents",
-          "PNG + save": "_collect"}
+RUNNER_PATHS = {"eager": "eager", "graphs": "cuda-graphs", "compile": "compiled"}  # gpu_speed.runner_settings's
 KINDS = [("attention", re.compile(r"flash|fmha|attention|sdpa|cudnn_.*mha", re.I)),
          ("convolution", re.compile(r"conv|fprop|dgrad|implicit_gemm|xmma_fprop|winograd", re.I)),
          ("GEMM", re.compile(r"gemm|nvjet|cutlass|sm90_xmma|ampere_.*h[0-9]+|cublas", re.I)),
@@ -115,31 +115,24 @@ def summarise(trace: dict) -> dict:
     }
 
 
-def profiled_image(model, case: Case, outputs: Path) -> dict:
-    """One image under the profiler, each stage marked; the summary of its trace."""
+def profiled_image(runner, case: Case, outputs: Path) -> dict:
+    """One image under the profiler, each stage marked (stage_marks.py); the summary of its trace."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from modules.pipeline import processing
+    open_ranges: dict[str, record_function] = {}
 
-    originals = {name: getattr(processing, attr) for name, attr in STAGES.items()}
+    def begin(name: str) -> None:
+        open_ranges[name] = record_function(name)
+        open_ranges[name].__enter__()
 
-    def marked(name):
-        def wrapper(*a, **k):
-            with record_function(name):
-                return originals[name](*a, **k)
-        return wrapper
+    def end(name: str) -> None:
+        open_ranges.pop(name).__exit__(None, None, None)
 
-    call = run_ours(model, case, outputs)
+    call = run_ours(runner, case, outputs, hooks=StageMarks(begin, end).hooks())
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    try:
-        for name, attr in STAGES.items():
-            setattr(processing, attr, marked(name))
-        with profile(activities=activities) as prof:
-            with record_function("image"):
-                call(0)
-    finally:
-        for name, attr in STAGES.items():
-            setattr(processing, attr, originals[name])
+    with profile(activities=activities) as prof:
+        with record_function("image"):
+            call(0)
     with tempfile.NamedTemporaryFile(suffix=".json") as handle:
         prof.export_chrome_trace(handle.name)
         return summarise(json.loads(Path(handle.name).read_text()))
@@ -159,14 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", choices=["sd1", "sdxl"], default="sd1")
     parser.add_argument("--paths", default="graphs,compile", help="comma-separated: eager, graphs, compile")
     parser.add_argument("--helpers", type=int, default=None, help="compile helper processes (--compile-helpers)")
-    parser.add_argument("--compile-settings", default=None, help="an acceleration variant for --compile, e.g. compile=layers+quick")
+    parser.add_argument("--compile-settings", default=None,
+                        help="compile settings for --compile, e.g. compile=layers+quick (acceleration_variants.py)")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its convolution algorithms")
     parser.add_argument("--helpers-at-load", action="store_true",
                         help="start the compile helpers as the load starts, as the application does")
     parser.add_argument("--warm-up-only", action="store_true", help="time the compile warm-up, profile no image")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args(argv)
-    use_compile_settings(args.compile_settings)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     case = Case("SDXL 1024x1024 30 steps", "sdxl", 1024, 30) if args.family == "sdxl" else \
@@ -184,21 +177,22 @@ def main(argv: list[str] | None = None) -> int:
             pool = compile_helpers.pool_for_load(device, args.helpers, checkpoint.stat().st_size)
         started = time.perf_counter()
         model = load_ours(checkpoint, device)
-        model.helper_pool = pool
         report.add(case=case.name, what="load", seconds=round(time.perf_counter() - started, 1),
                    helpers_started_at_load=pool is not None)
         outputs = Path(work) / "outputs"
-        plain = model.policy
+        runner = None
         for path in args.paths.split(","):
-            model.set_policy(dataclasses.replace(plain, cuda_graphs=path in ("graphs", "compile"),
-                                                 compile=path == "compile", compile_helpers=args.helpers))
+            if runner is not None:
+                runner.close()
+            runner = ModelRunner(model, runner_settings(RUNNER_PATHS[path], args),
+                                 helper_pool=pool if path == "compile" else None)
             started = time.perf_counter()
             if path == "compile":
                 from modules.service.generation_service import start_warm_up
 
                 cpu_before = cpu_seconds()
-                start_warm_up(model)
-                parts = wait_for_warmups(model, timeout=400)
+                start_warm_up(runner)
+                parts = wait_for_warmups(runner, timeout=400)
                 cpu_busy = [after - before for after, before in zip(cpu_seconds(), cpu_before)]
                 from gpu_variants import compile_phases
 
@@ -208,11 +202,11 @@ def main(argv: list[str] | None = None) -> int:
                            compile_settings=args.compile_settings, cudnn_benchmark=args.cudnn_benchmark)
                 if args.warm_up_only:
                     continue
-            call = run_ours(model, case, outputs)
+            call = run_ours(runner, case, outputs)
             for i in range(3):  # captures, then steady state
                 call(i)
             warm = time.perf_counter() - started
-            summary = profiled_image(model, case, outputs)
+            summary = profiled_image(runner, case, outputs)
             report.add(case=case.name, path=path, warm_up_s=round(warm, 1), helpers=args.helpers,
                        compile_settings=args.compile_settings, cudnn_benchmark=args.cudnn_benchmark, **summary)
     return 0

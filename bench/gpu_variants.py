@@ -8,7 +8,7 @@ their compile time the first time and again from the on-disk cache after `torch.
     python bench/gpu_variants.py --out bench/results/gpu [--sections unet15,vae,unetxl,text,png,kv]
     python bench/gpu_variants.py --tiny --out /tmp/variants     # tiny shapes on the CPU: checks the script
 
-A variant is '+'-joined parts (modules/acceleration.py): nchw, cl, fused_qkv, sdpa=NAME, compile=blocks|layers|full,
+A variant is '+'-joined parts (acceleration_variants.py): nchw, cl, fused_qkv, sdpa=NAME, compile=blocks|layers|full,
 autotune (Inductor's max-autotune: minutes of compiling, so not in the default list), tuned, quick, e.g.
 `--unet-variants nchw,cl+compile=full+autotune`. Two more parts measure what the application does
 without choosing it, as "before" rows: fp32 (weights and inputs in float32 instead of fp16) and split
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import torch  # noqa: E402
 
 from gpu_speed import CLIP_L, SD15_UNET, SDXL_UNET, VAE, Report  # noqa: E402
-from modules.accel.acceleration import Acceleration, applied  # noqa: E402
+from acceleration_variants import Variant, applied  # noqa: E402
 from modules.accel.cuda_graphs import CudaGraphRunner  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -143,7 +143,7 @@ def measure_variants(report: Report, module, case: str, tensors: dict[str, torch
     for variant in variants:
         try:
             parts = variant.split("+")
-            acceleration = Acceleration.parse("+".join(p for p in parts if p not in BEFORE_PARTS))
+            acceleration = Variant.parse("+".join(p for p in parts if p not in BEFORE_PARTS))
             precision = in_float32(module, tensors) if "fp32" in parts else contextlib.nullcontext(tensors)
             with own_compile_cache(variant), precision as inputs, applied(module, acceleration, decode=decode) as call:
                 if "split" in parts:

@@ -52,7 +52,7 @@ def test_compiled_blocks_share_the_weights_and_leave_the_model_plain(tmp_path):
     every weight with the model, whose own forward stays uncompiled for the plain path."""
     import torch
 
-    from modules.accel.acceleration import COMPILED_BLOCKS, compiled_blocks
+    from modules.accel.compilation import COMPILED_BLOCKS, compiled_blocks
     from modules.models.sd_model import call_unet
     from tiny_models import load_tiny_model
 
@@ -78,19 +78,24 @@ def test_compiled_blocks_share_the_weights_and_leave_the_model_plain(tmp_path):
 
 def test_acceleration_variants_parse_and_undo_themselves(tmp_path):
     """The benchmark's one-optimisation-at-a-time switch: each variant computes the same UNet output
-    and leaves the model as it found it."""
+    and leaves the model as it found it; its compile parts are the settings a runner compiles with."""
     import pytest
     import torch
 
-    from modules.accel.acceleration import Acceleration, applied
+    from bench.acceleration_variants import Variant, applied, runner_compile_settings
+    from modules.accel.compilation import COMPILE_SETTINGS, CompileSettings
     from modules.models.sd_model import call_unet
     from tiny_models import load_tiny_model
 
-    assert Acceleration.parse("cl+fused_qkv+sdpa=MATH") == Acceleration(True, True, "MATH")
-    assert Acceleration.parse("nchw") == Acceleration()
-    assert Acceleration.parse("compile=blocks+quick+tuned") == Acceleration(compile="blocks", quick=True, tuned=True)
+    assert Variant.parse("cl+fused_qkv+sdpa=MATH") == Variant(True, True, "MATH")
+    assert Variant.parse("nchw") == Variant()
+    assert Variant.parse("compile=blocks+quick+tuned") == Variant(compile="blocks", quick=True, tuned=True)
+    assert runner_compile_settings("compile=layers+quick") == COMPILE_SETTINGS
+    assert runner_compile_settings("compile=blocks+mm1x1") == CompileSettings(regions="blocks", mm1x1=True)
     with pytest.raises(ValueError, match="unknown acceleration part 'fast'"):
-        Acceleration.parse("cl+fast")
+        Variant.parse("cl+fast")
+    with pytest.raises(ValueError, match="compile=blocks or compile=layers"):
+        runner_compile_settings("cl+compile=full")
 
     unet = load_tiny_model(tmp_path, "sd1").unet
     g = torch.Generator().manual_seed(1)
@@ -99,7 +104,7 @@ def test_acceleration_variants_parse_and_undo_themselves(tmp_path):
     with torch.no_grad():
         plain = call_unet(unet, *tensors.values(), None, None)
         keys = set(unet.state_dict())
-        with applied(unet, Acceleration.parse("cl+fused_qkv+sdpa=MATH")) as call:
+        with applied(unet, Variant.parse("cl+fused_qkv+sdpa=MATH")) as call:
             assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
             assert torch.allclose(call(**tensors).float(), plain, atol=1e-4)
         assert set(unet.state_dict()) == keys and unet.conv_in.weight.is_contiguous()
@@ -113,7 +118,8 @@ def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path,
     import torch
 
     from modules.accel import compile_helpers
-    from modules.models.sd_model import COMPILE_SETTINGS
+    from modules.accel.compilation import COMPILE_SETTINGS
+    from modules.accel.runner import ModelRunner, RunnerSettings
     from tiny_models import load_tiny_model, unet_inputs
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
@@ -133,11 +139,12 @@ def test_compile_helpers_fill_the_cache_the_serving_process_then_reads(tmp_path,
 
     counters = torch._dynamo.utils.counters["inductor"]
     counters.clear()
+    runner = ModelRunner(model, RunnerSettings(compile=True))
     with torch.no_grad():  # what the UNet's runner does with --compile: the compiled copy, then a call
-        compiled = model._compiled_unet()
-        model._projections.update(tensors["context"], tensors["context"], keep=True)
+        compiled = runner._compiled_unet()
+        runner._context_projections().update(tensors["context"], tensors["context"], keep=True)
         out = compiled(**tensors)
-        plain = model._unet_forward(**tensors)
+        plain = runner._unet_forward(**tensors)
     assert counters["fxgraph_cache_hit"] > 0 and counters["fxgraph_cache_miss"] == 0
     assert torch.allclose(out, plain, atol=1e-4)
     torch._dynamo.reset()
@@ -162,7 +169,7 @@ def test_a_failing_compile_helper_reports_why(tmp_path):
     from modules.accel import compile_helpers
 
     job = compile_helpers.Job(part="vae", config={"no_such_field": 1, "block_out_channels": "bad"}, dtype="float32",
-                              channels_last=False, requires_grad=False, acceleration={}, inputs={}, device="cpu")
+                              channels_last=False, requires_grad=False, compile_settings={}, inputs={}, device="cpu")
     [error] = compile_helpers.run_helpers([job])
     assert error.startswith("vae None: exit 1") and "Error" in error
 
@@ -186,12 +193,12 @@ def test_compiled_layers_split_deep_transformers_and_compute_the_same():
     output is the plain UNet's."""
     import torch
 
-    from modules.accel.acceleration import WHOLE_TRANSFORMER_LAYERS, Acceleration, compiled_blocks
+    from modules.accel.compilation import WHOLE_TRANSFORMER_LAYERS, CompileSettings, compiled_blocks
     from modules.models.sd_model import call_unet
     from tiny_models import unet_inputs
 
     unet = _sdxl_like_unet((1, WHOLE_TRANSFORMER_LAYERS + 1))
-    twin = compiled_blocks(unet, Acceleration(compile="layers", quick=True))
+    twin = compiled_blocks(unet, CompileSettings(regions="layers", quick=True))
 
     def compiled(module):
         return getattr(module, "_compiled_call_impl", None) is not None
@@ -221,7 +228,7 @@ def test_compile_shares_cover_every_block_once_and_keep_equal_blocks_together():
     from diffusers import UNet2DConditionModel
 
     from modules.models import ldm_config
-    from modules.accel.acceleration import _regions, _share_of, _signature
+    from modules.accel.compilation import _regions, _share_of, _signature
     from modules.accel.compile_helpers import ROOT
     from modules.models.model_families import Family
 

@@ -131,22 +131,27 @@ def test_manager_switches_and_unloads(tmp_path):
 
 
 def test_a_switch_frees_the_previous_model_at_once(tmp_path):
-    # With CUDA graphs each part's runner calls back into the model, a reference cycle that only a
-    # garbage collection would break; a switch must not leave the old model's memory to chance.
+    # With CUDA graphs each part's graph runner calls back into the model's runner, a reference cycle
+    # that only a garbage collection would break; a switch must not leave the old model's memory to chance.
     import gc
     import weakref
+
+    from modules.accel.runner import UNET
 
     _install(tmp_path, "sd1", "safetensors")
     _install(tmp_path, "sdxl", "ckpt")
     manager = _manager(tmp_path)
     first = manager.get("tiny-sd1")
-    first._runner("UNet", first._unet_forward)  # the runner the GPU path builds on its first step
-    gone = weakref.ref(first)
-    del first
+    runner = manager.runner_for(first)
+    assert runner.model is first and manager.resources(first).runner is runner
+    runner._part(UNET, runner._unet_forward, runner._compiled_unet)  # what the GPU path builds at its first step
+    gone, runner_gone = weakref.ref(first), weakref.ref(runner)
+    del first, runner
     gc.disable()
     try:
-        manager.get("tiny-sdxl")
-        assert gone() is None
+        second = manager.get("tiny-sdxl")
+        assert gone() is None and runner_gone() is None
+        assert manager.runner_for(second).model is second and manager.runner_for(None) is None
     finally:
         gc.enable()
 

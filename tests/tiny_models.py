@@ -408,18 +408,6 @@ def unet_inputs(unet: torch.nn.Module, seed: int = 0, batch: int = 2) -> dict[st
     return tensors
 
 
-def plain_and_sampled(model, tensors: dict[str, Tensor | None]) -> tuple[Tensor, Tensor]:
-    """The output of the model's own UNet (diffusers' processors) and of the UNet sampling runs
-    (StableDiffusionModel.unet_fn), for the same unet_inputs."""
-    from modules.models.sd_model import call_unet
-
-    with torch.no_grad():
-        plain = call_unet(model.unet, **tensors)
-        sampled = model.unet_fn(tensors["x"], tensors["timestep"], context=tensors["context"],
-                                pooled=tensors["pooled"], time_ids=tensors["time_ids"])
-    return plain, sampled
-
-
 def load_tiny_model(folder: str | Path, family: str = "sd1", fmt: str = "safetensors", policy=None):
     """Write a tiny checkpoint of `family` with its sidecar yaml into `folder` and load it as the app does."""
     from modules.models.checkpoints import CheckpointInfo

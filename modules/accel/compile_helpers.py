@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from modules.accel.acceleration import Acceleration, compiled_for_inference
+from modules.accel.compilation import CompileSettings, compiled_for_inference
 
 ROOT = Path(__file__).resolve().parents[2]
 HELPER_TIMEOUT_S = 900
@@ -76,10 +76,10 @@ class Job:
     dtype: str
     channels_last: bool
     requires_grad: bool
-    acceleration: dict
+    compile_settings: dict
     inputs: dict[str, TensorSpec | None]
     device: str
-    share: tuple[int, int] | None = None  # (i, n): the i-th of n shares of the blocks (acceleration._share_of)
+    share: tuple[int, int] | None = None  # (i, n): the i-th of n shares of the blocks (compilation._share_of)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -93,13 +93,13 @@ class Job:
         return cls(**fields)
 
 
-def job_for(part: str, module: torch.nn.Module, acceleration: Acceleration,
+def job_for(part: str, module: torch.nn.Module, settings: CompileSettings,
             tensors: dict[str, torch.Tensor | None], share: tuple[int, int] | None = None) -> Job:
     weight = next(module.parameters())
     return Job(part=part, config=json.loads(json.dumps(dict(module.config))), dtype=str(weight.dtype).removeprefix("torch."),
                channels_last=any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
                                  and not p.is_contiguous() for p in module.parameters()),
-               requires_grad=weight.requires_grad, acceleration=dataclasses.asdict(acceleration),
+               requires_grad=weight.requires_grad, compile_settings=dataclasses.asdict(settings),
                inputs={k: None if t is None else TensorSpec.of(t) for k, t in tensors.items()},
                device=str(weight.device), share=share)
 
@@ -226,19 +226,19 @@ def _phases(stderr, spawned: float) -> str:
     return ", ".join(f"{name} after {stamp - spawned:.1f} s" for name, stamp in json.loads(reports[-1]).items())
 
 
-def prebuild(part: str, module: torch.nn.Module, acceleration: Acceleration,
+def prebuild(part: str, module: torch.nn.Module, settings: CompileSettings,
              tensors: dict[str, torch.Tensor | None], helpers: int, pool: HelperPool | None = None) -> None:
     """Fill the compile cache for `part` (the UNet's blocks split over `helpers` processes, the VAE
     decoder in one; from `pool` while it has helpers) before the serving process compiles it; returns
     when the helpers are done."""
     count = helpers if part == "unet" else min(helpers, 1)
-    done = _done_marker(job_for(part, module, acceleration, tensors))
+    done = _done_marker(job_for(part, module, settings, tensors))
     if count < 1 or done.exists():  # a warm cache: starting helpers would only add their start-up time
         return
     started = time.perf_counter()
     shares = [(i, count) for i in range(count)] if part == "unet" else [None]
     # The UNet's helpers and the VAE decoder's one run at the same time.
-    errors = run_helpers([job_for(part, module, acceleration, tensors, share) for share in shares],
+    errors = run_helpers([job_for(part, module, settings, tensors, share) for share in shares],
                          at_once=helpers + 1, pool=pool)
     for error in errors:
         log.warning("A compile helper failed (the serving process compiles its share): %s", error)
@@ -279,22 +279,23 @@ def _build(job: Job) -> torch.nn.Module:
 def run_job(job: Job) -> dict[str, float]:
     """Compile what `job` names, the same way the serving process does, and run it once; when (time.time())
     it had built the module and compiled it."""
+    # Imported here, not at the top: a helper's phase report counts torch's import alone as "imported".
     from modules.accel.context_projections import ContextProjections
     from modules.models.sd_model import call_unet, call_vae_decoder
 
     module = _build(job)
     built = time.time()
-    acceleration = Acceleration(**job.acceleration)
+    settings = CompileSettings(**job.compile_settings)
     device = torch.device(job.device)
     inputs = {k: None if spec is None else spec.example(device) for k, spec in job.inputs.items()}
     with torch.no_grad():
-        if job.part == "unet":  # as StableDiffusionModel._compiled_unet does
+        if job.part == "unet":  # as ModelRunner's compiled UNet does (runner.py)
             projections = ContextProjections(module)
-            compiled = projections.compiled(acceleration, job.share)
+            compiled = projections.compiled(settings, job.share)
             projections.update(inputs["context"], inputs["context"], keep=True)
             call_unet(compiled, **inputs)
-        else:  # as StableDiffusionModel._compiled_vae_decode does
-            compiled_for_inference(functools.partial(call_vae_decoder, module), acceleration)(**inputs)
+        else:  # as ModelRunner's compiled VAE decoder does
+            compiled_for_inference(functools.partial(call_vae_decoder, module), settings)(**inputs)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return {"built": built, "compiled": time.time()}

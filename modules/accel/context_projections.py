@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
+from modules.accel.compilation import CompileSettings, compiled_blocks, shared_weight_copy
+
 KEY, VALUE = "context_key", "context_value"
 _STANDARD = AttnProcessor2_0()
 
@@ -57,8 +59,6 @@ class ContextProjections:
     on its layers and on those of its compiled copies (`compiled`)."""
 
     def __init__(self, unet: torch.nn.Module):
-        from modules.accel.acceleration import shared_weight_copy
-
         self.unet = shared_weight_copy(unet)
         layers = [m for m in self.unet.modules() if projectable(m)]
         for layer in layers:
@@ -69,13 +69,11 @@ class ContextProjections:
         # A compiled copy is made on a background thread while sampling may be setting buffers.
         self._lock = threading.RLock()
 
-    def compiled(self, acceleration, share: tuple[int, int] | None = None) -> torch.nn.Module:
-        """acceleration.compiled_blocks of `unet` (what --compile runs, and each compile helper its
+    def compiled(self, settings: CompileSettings, share: tuple[int, int] | None = None) -> torch.nn.Module:
+        """compilation.compiled_blocks of `unet` (what --compile runs, and each compile helper its
         `share` of), its layers given the projections from now on."""
-        from modules.accel.acceleration import compiled_blocks
-
         with self._lock:
-            copy = compiled_blocks(self.unet, acceleration, share)
+            copy = compiled_blocks(self.unet, settings, share)
             self.adopt(copy)
         return copy
 

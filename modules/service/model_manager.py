@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from modules.accel.compile_helpers import HelperPool, pool_for_load
+from modules.accel.runner import ModelRunner, RunnerSettings
 from modules.models import lora
 from modules.models.embeddings import EmbeddingDatabase, discover_embedding_files, load_embeddings
 from modules.models import vae as vae_files
@@ -29,7 +31,7 @@ from modules.postprocess.face_restoration import FaceRestorers
 from modules.postprocess.upscaler_models import UpscalerRegistry
 
 if TYPE_CHECKING:  # for the annotation only; resources() imports it when called
-    from modules.pipeline.processing import Resources
+    from modules.pipeline.job import Resources
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class ModelManager:
         self._hashes = HashCache(paths.cache_file) if hash_files else None
         self._lock = threading.RLock()
         self._loaded: StableDiffusionModel | None = None
+        self._runner: ModelRunner | None = None  # runs the loaded model's parts fast (accel/runner.py)
         self._checkpoints: list[CheckpointInfo] = []
         self._vaes: list[vae_files.VaeInfo] = []
         self._embeddings: tuple[object, EmbeddingDatabase] | None = None
@@ -121,12 +124,13 @@ class ModelManager:
             return None
 
     def resources(self, model: StableDiffusionModel | None = None) -> Resources:
-        """Upscalers, LoRA files, styles and the embeddings that fit `model`, for one generation."""
-        from modules.pipeline.processing import Resources
+        """Upscalers, LoRA files, styles, and the embeddings and runner that fit `model`, for one generation."""
+        from modules.pipeline.job import Resources
 
         return Resources(upscalers=self.upscalers, face_restorers=self.face_restorers,
                          lora_files=list(self.lora_files), lora_cache=self.lora_cache,
                          embeddings=self.embeddings_for(model) if model is not None else None,
+                         runner=self.runner_for(model),
                          styles_file=self.paths.styles_file)
 
     def embeddings_for(self, model: StableDiffusionModel) -> EmbeddingDatabase:
@@ -147,6 +151,16 @@ class ModelManager:
     def loaded(self) -> StableDiffusionModel | None:
         return self._loaded
 
+    @property
+    def runner(self) -> ModelRunner | None:
+        """The loaded model's runner (None when no model is loaded)."""
+        return self._runner
+
+    def runner_for(self, model: StableDiffusionModel | None) -> ModelRunner | None:
+        """The runner of `model` while it is the loaded one; None for any other (it was unloaded)."""
+        with self._lock:
+            return self._runner if model is not None and model is self._loaded else None
+
     def get(self, query: str | None = None) -> StableDiffusionModel:
         """The model for `query` (a title, name or hash), or the current/default one, loading it if needed."""
         with self._lock:
@@ -162,23 +176,21 @@ class ModelManager:
             log.info("Loading %s", info.title)
             helpers = self._compile_helpers_for(info)
             try:
-                self._loaded = load_checkpoint(info, self.policy, vae.path if vae else None)
+                model = load_checkpoint(info, self.policy, vae.path if vae else None)
             except BaseException:
                 if helpers is not None:
                     helpers.close()
                 raise
-            self._loaded.helper_pool = helpers
-            return self._loaded
+            self._runner = ModelRunner(model, RunnerSettings.from_policy(self.policy), helper_pool=helpers)
+            self._loaded = model
+            return model
 
-    def _compile_helpers_for(self, info: CheckpointInfo):
+    def _compile_helpers_for(self, info: CheckpointInfo) -> HelperPool | None:
         """With --compile, the warm-up after the load compiles in helper processes; they start now, so
         their start-up (imports, CUDA) overlaps the load (compile_helpers.HelperPool)."""
         if not (self.policy.compile and self.policy.replays_graphs):
             return None
-        from modules.accel import compile_helpers
-
-        return compile_helpers.pool_for_load(self.policy.device, self.policy.compile_helpers,
-                                             Path(info.path).stat().st_size)
+        return pool_for_load(self.policy.device, self.policy.compile_helpers, Path(info.path).stat().st_size)
 
     def set_vae(self, choice: str) -> None:
         with self._lock:
@@ -191,12 +203,11 @@ class ModelManager:
             if self._loaded is None:
                 return
             model, self._loaded = self._loaded, None
-            if model.helper_pool is not None:
-                model.helper_pool.close()
-            # Graph runners call back into the model (a reference cycle): dropping them lets the
-            # model go as soon as the last reference does, not at some later garbage collection.
-            model.forget_compiled_state()
-            del model
+            runner, self._runner = self._runner, None
+            # Graph runners call back into the runner (a reference cycle): closing it lets the model
+            # go as soon as the last reference does, not at some later garbage collection.
+            runner.close()
+            del model, runner
             gc.collect()
             if torch.cuda.is_available():
                 # cuBLAS keeps a workspace per stream it ran on, graph-capture streams included.

@@ -1,29 +1,19 @@
-"""How the UNet and VAE are made fast on a GPU: memory format, fused projections, attention kernel, compilation.
+"""How --compile compiles the UNet and the VAE decoder: Inductor, for fixed shapes, region by region.
 
-Each choice is one field of `Acceleration`, so the benchmark can measure them one at a time and the
-application can turn on the ones that paid. Everything here changes how the same weights are run,
-never what they compute beyond fp16 rounding:
-
-- channels_last: convolutions run in cuDNN's native NHWC layout instead of transposing around each one.
-- fused_qkv: one projection for q, k and v (and for k, v of cross-attention) instead of three GEMMs.
-- sdpa_backend: pin scaled_dot_product_attention to one kernel family (None lets PyTorch choose).
-- compile: "blocks" compiles each ResNet / transformer / resampling block with Inductor, on a copy of
-  the module that shares its weights (the blocks repeat: fewer and smaller graphs than "full", which
-  compiles the whole forward at once); "layers" is "blocks" except that a deep transformer (more than
-  WHOLE_TRANSFORMER_LAYERS layers) compiles each layer on its own, plus its input and output projections
-  (SDXL's ten-layer transformers are then one small graph reused ten times, not one graph ten layers
-  long). Graphs are cached on disk by Inductor, so a restart compiles from the cache.
-
-`applied` is the benchmark's way in (one combination at a time, undone afterwards);
-`compiled_for_inference` and `compiled_blocks` are what `--compile` uses (modules/sd_model.py).
+`compiled_blocks` compiles each ResNet / transformer / resampling block of a copy of the module that
+shares its weights (the blocks repeat: fewer and smaller graphs than compiling the whole forward at
+once); with regions="layers", a deep transformer (more than WHOLE_TRANSFORMER_LAYERS layers) compiles
+each layer on its own, plus its input and output projections (SDXL's ten-layer transformers are then
+one small graph reused ten times, not one graph ten layers long). `compiled_for_inference` compiles a
+whole function (the VAE decoder's). Graphs are cached on disk by Inductor, so a restart compiles from
+the cache. Nothing here changes what the weights compute beyond fp16 rounding.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,50 +23,37 @@ import torch
 RECOMPILE_LIMIT = 64
 # 1x1 convolutions as matrix multiplies (fusable with their neighbours), per-kernel launch parameters
 # refined by timing, and no epilogue fusion into GEMM templates: the settings of diffusers' guide to
-# compiling its UNets. Benchmark only: compiling the SD1.5 UNet with them took over 140 s against 57 s
-# without (bench/RESULTS.md), beyond the warm-up budget.
+# compiling its UNets. Not what --compile uses: compiling the SD1.5 UNet with them took well beyond the
+# warm-up budget (bench/RESULTS.md); the benchmarks measure them.
 TUNED_INDUCTOR = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
                   "coordinate_descent_check_all_directions": True, "epilogue_fusion": False}
 COMPILED_BLOCKS = frozenset({"ResnetBlock2D", "Transformer2DModel", "Downsample2D", "Upsample2D", "Attention"})
-# Deeper transformers are compiled layer by layer with compile="layers" (diffusers' own list of the UNet's
+# Deeper transformers are compiled layer by layer with regions="layers" (diffusers' own list of the UNet's
 # repeated blocks, `_repeated_blocks`, is the transformer layer). Each layer boundary costs a pass over
 # the activations that a whole-transformer graph fuses away, so shallow ones stay whole.
 WHOLE_TRANSFORMER_LAYERS = 2
 
 
 @dataclass(frozen=True)
-class Acceleration:
-    channels_last: bool = False
-    fused_qkv: bool = False
-    sdpa_backend: str | None = None  # a torch.nn.attention.SDPBackend name, e.g. "CUDNN_ATTENTION"
-    compile: str | None = None  # None | "blocks" | "layers" | "full"
+class CompileSettings:
+    """What Inductor is asked for; the application's choice is COMPILE_SETTINGS, the benchmarks try others."""
+
+    regions: str = "blocks"  # "blocks" | "layers" (compiled_blocks)
+    quick: bool = False  # one launch configuration per pointwise kernel, not several compiled and timed
     autotune: bool = False  # Inductor's max-autotune (Triton GEMM/conv templates timed per shape; slow to compile)
     tuned: bool = False  # Inductor settings diffusers recommends for its UNets (TUNED_INDUCTOR)
-    quick: bool = False  # one launch configuration per pointwise kernel, not several compiled and timed
     mm1x1: bool = False  # 1x1 convolutions as matrix multiplies (Inductor's conv_1x1_as_mm)
 
-    @classmethod
-    def parse(cls, text: str) -> "Acceleration":
-        """'nchw' or '+'-joined parts: cl, fused_qkv, sdpa=NAME, compile=blocks|layers|full, autotune, tuned, quick,
-        mm1x1."""
-        fields: dict[str, object] = {}
-        for part in filter(None, text.split("+")):
-            key, _, value = part.partition("=")
-            if key == "nchw":
-                continue
-            if key == "cl":
-                fields["channels_last"] = True
-            elif key == "fused_qkv":
-                fields["fused_qkv"] = True
-            elif key == "sdpa" and value:
-                fields["sdpa_backend"] = value
-            elif key == "compile" and value in ("blocks", "layers", "full"):
-                fields["compile"] = value
-            elif key in ("autotune", "tuned", "quick", "mm1x1"):
-                fields[key] = True
-            else:
-                raise ValueError(f"unknown acceleration part {part!r}")
-        return cls(**fields)
+    def __post_init__(self):
+        if self.regions not in ("blocks", "layers"):
+            raise ValueError(f"unknown compile regions {self.regions!r}: 'blocks' or 'layers'")
+
+
+# What --compile uses for the UNet and the VAE decoder. One launch configuration per pointwise kernel
+# ("quick"): the compile helpers (compile_helpers.py) share one GPU, and timing several configurations
+# of every kernel there is what made them slow (bench/RESULTS.md). Deep transformers (SDXL's ten-layer
+# ones) compiled layer by layer: the SDXL warm-up took 55 s instead of over 80 s.
+COMPILE_SETTINGS = CompileSettings(regions="layers", quick=True)
 
 
 def _outermost_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
@@ -115,7 +92,7 @@ class _TransformerEnds:
             setattr(self.transformer, method, torch.compile(getattr(self.transformer, method), **options))
 
 
-def _regions(module: torch.nn.Module, granularity: str | None) -> list:
+def _regions(module: torch.nn.Module, granularity: str) -> list:
     """What `compiled_blocks` compiles: the outermost COMPILED_BLOCKS; with "layers", a deep transformer's
     layers and ends instead of the transformer."""
     regions: list = []
@@ -155,85 +132,22 @@ def _share_of(blocks: list[torch.nn.Module], index: int, count: int) -> list[tor
     return [block for block in blocks if id(block) in chosen]
 
 
-def _drop_fused_projections(module: torch.nn.Module) -> None:
-    """diffusers' unfuse puts the separate projections back in use but keeps the fused copies (their
-    memory, and extra keys in the state dict): remove them."""
-    for block in module.modules():
-        for name in ("to_qkv", "to_kv", "to_added_qkv"):
-            if isinstance(getattr(block, name, None), torch.nn.Module):
-                delattr(block, name)
-        if getattr(block, "fused_projections", False):
-            block.fused_projections = False
-
-
-def _sdpa_context(backend: str | None):
-    if backend is None:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([getattr(SDPBackend, backend)])
-
-
-def _forward(module: torch.nn.Module, decode: bool) -> Callable[..., torch.Tensor]:
-    if decode:
-        def call(z):
-            return module.decode(z, return_dict=False)[0]
-    else:
-        from modules.models.sd_model import call_unet
-
-        def call(x, timestep, context, pooled=None, time_ids=None):
-            return call_unet(module, x, timestep, context, pooled, time_ids)
-    return call
-
-
-@contextlib.contextmanager
-def applied(module: torch.nn.Module, acceleration: Acceleration, decode: bool = False
-            ) -> Iterator[Callable[..., torch.Tensor]]:
-    """Applies `acceleration` to `module` for the duration and yields its forward (UNet: x, timestep,
-    context, pooled, time_ids; VAE with decode=True: z). The module is as it was afterwards."""
-    if acceleration.channels_last:
-        module.to(memory_format=torch.channels_last)
-    if acceleration.fused_qkv:
-        module.fuse_qkv_projections()
-    forward = _forward(module, decode)
-    if acceleration.compile == "full":
-        forward = compiled_for_inference(forward, acceleration)
-    elif acceleration.compile in ("blocks", "layers"):
-        forward = _forward(compiled_blocks(module, acceleration), decode)
-
-    def call(**tensors):
-        if acceleration.channels_last:
-            tensors = {k: v.contiguous(memory_format=torch.channels_last) if v is not None and v.dim() == 4 else v
-                       for k, v in tensors.items()}
-        with _sdpa_context(acceleration.sdpa_backend):
-            return forward(**tensors)
-
-    try:
-        yield call
-    finally:
-        if acceleration.fused_qkv:
-            module.unfuse_qkv_projections()
-            _drop_fused_projections(module)
-        if acceleration.channels_last:
-            module.to(memory_format=torch.contiguous_format)
-
-
 def _raise_recompile_limits() -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     torch._dynamo.config.accumulated_recompile_limit = max(
         torch._dynamo.config.accumulated_recompile_limit, RECOMPILE_LIMIT * 4)
 
 
-def _options(acceleration: Acceleration) -> dict[str, object]:
+def _options(settings: CompileSettings) -> dict[str, object]:
     # Never Inductor's own CUDA graphs ("reduce-overhead"): cuda_graphs.py captures the compiled code.
     options: dict[str, object] = {"triton.cudagraphs": False}
-    if acceleration.autotune:
+    if settings.autotune:
         options.update(max_autotune=True, coordinate_descent_tuning=True)
-    if acceleration.tuned:
+    if settings.tuned:
         options.update(TUNED_INDUCTOR)
-    if acceleration.mm1x1:
+    if settings.mm1x1:
         options["conv_1x1_as_mm"] = True
-    if acceleration.quick:
+    if settings.quick:
         # Most of a first compilation is spent compiling Triton kernels (on the CPU, 46 of 88 s waiting
         # for kernel builds against 3 s of tracing); pointwise kernels otherwise build several variants.
         options["triton.autotune_pointwise"] = False
@@ -241,11 +155,11 @@ def _options(acceleration: Acceleration) -> dict[str, object]:
 
 
 def compiled_for_inference(fn: Callable[..., torch.Tensor],
-                           acceleration: Acceleration = Acceleration()) -> Callable[..., torch.Tensor]:
+                           settings: CompileSettings = CompileSettings()) -> Callable[..., torch.Tensor]:
     """`fn` compiled by Inductor for fixed shapes; the module behind it is untouched, so the plain path
     keeps working while the compiled one is built. Graphs are cached on disk (TORCHINDUCTOR_CACHE_DIR)."""
     _raise_recompile_limits()
-    return torch.compile(fn, dynamic=False, options=_options(acceleration))
+    return torch.compile(fn, dynamic=False, options=_options(settings))
 
 
 def shared_weight_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -255,17 +169,17 @@ def shared_weight_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def compiled_blocks(module: torch.nn.Module, acceleration: Acceleration = Acceleration(),
+def compiled_blocks(module: torch.nn.Module, settings: CompileSettings = CompileSettings(),
                     share: tuple[int, int] | None = None) -> torch.nn.Module:
-    """A weight-sharing copy of `module` with each repeated block (COMPILED_BLOCKS; with compile="layers"
+    """A weight-sharing copy of `module` with each repeated block (COMPILED_BLOCKS; with regions="layers"
     the layers of deep transformers) compiled by Inductor; `module` itself stays uncompiled. `share=(i, n)`
     compiles only the i-th of n shares of about equal compile work (a compile helper's part,
     compile_helpers.py)."""
     _raise_recompile_limits()
     twin = shared_weight_copy(module)
-    blocks = _regions(twin, acceleration.compile)
+    blocks = _regions(twin, settings.regions)
     if share is not None:
         blocks = _share_of(blocks, *share)
     for block in blocks:
-        block.compile(dynamic=False, options=_options(acceleration))
+        block.compile(dynamic=False, options=_options(settings))
     return twin
