@@ -26,22 +26,24 @@ sys.path.insert(0, str(ROOT / "bench"))
 import torch  # noqa: E402
 
 from gpu_speed import Case, environment, load_ours, ours_request, sync, write_checkpoint  # noqa: E402
+from modules.accel.runner import ModelRunner, RunnerSettings  # noqa: E402
 
 SCHEDULES = {"off": ("Approx cheap", 0), "cheap every step": ("Approx cheap", 1),
              "full every 5 steps": ("Full", 5), "full every step": ("Full", 1)}
 
 
-def generate(model, case: Case, schedule, seed: int) -> tuple[float, int]:
+def generate(runner, case: Case, schedule, seed: int) -> tuple[float, int]:
     """Seconds for one image with previews on `schedule`, and how many previews were published."""
+    from modules.pipeline.job import Resources
     from modules.pipeline.processing import txt2img
     from modules.service.jobs import Job
     from modules.service.step_reporting import JobStepReporter
 
     job = Job("bench", "txt2img", lambda job: None)
-    reporter = JobStepReporter(job, model, schedule)
+    reporter = JobStepReporter(job, runner.model, schedule, runner)
     sync()
     started = time.perf_counter()
-    txt2img(model, ours_request(case, seed), None, reporter)
+    txt2img(runner.model, ours_request(case, seed), None, reporter, Resources(runner=runner))
     sync()
     return time.perf_counter() - started, job.progress.preview.number if job.progress.preview else 0
 
@@ -67,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
 
             policy = DevicePolicy(device, torch.float16, torch.float16, torch.float16, cuda_graphs=True)
         model = load_ours(write_checkpoint(args.family, Path(work), str(device), args.tiny), device, policy)
+        runner = ModelRunner(model, RunnerSettings.from_policy(model.policy))  # as the model manager makes it
         for name, (method, every) in SCHEDULES.items():
             schedule = PreviewSchedule(method, every)
-            generate(model, case, schedule, 0)  # warm-up: graphs captured, allocator filled
-            runs = [generate(model, case, schedule, 1 + i) for i in range(args.runs)]
+            generate(runner, case, schedule, 0)  # warm-up: graphs captured, allocator filled
+            runs = [generate(runner, case, schedule, 1 + i) for i in range(args.runs)]
             seconds = statistics.median(s for s, _ in runs)
             rows.append({"previews": name, "median_s": round(seconds, 4), "published": [n for _, n in runs]})
             print(f"{name:>20}: {seconds * 1000:8.1f} ms  previews published per image: {rows[-1]['published']}")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modules.accel.runner import ModelRunner
 from modules.models.sd_model import StableDiffusionModel
 
 PreviewMethod = Literal["Approx cheap", "Full"]
@@ -50,10 +51,12 @@ def cheap_pixels(latents: torch.Tensor, latent_rgb: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def vae_pixels(model: StableDiffusionModel, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, H, W, 3] bytes decoded by the model's VAE in the dtype it has now, and whether every value was finite
-    (a device scalar: reading it would wait for the decode)."""
-    decoded = model.vae_decode((latents / model.scale_factor).to(model.policy.device, model.policy.vae_dtype))
+def vae_pixels(model: StableDiffusionModel, latents: torch.Tensor,
+               runner: ModelRunner | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, H, W, 3] bytes decoded by the model's VAE in the dtype it has now (through `runner`, the job's,
+    when given), and whether every value was finite (a device scalar: reading it would wait for the decode)."""
+    decode = model.vae_decode if runner is None else runner.vae_decode
+    decoded = decode((latents / model.scale_factor).to(model.policy.device, model.policy.vae_dtype))
     return _to_uint8(decoded.permute(0, 2, 3, 1)), torch.isfinite(decoded).all()
 
 
@@ -85,8 +88,9 @@ class PendingPreview:
 class PreviewMaker:
     """Starts previews of one model's latents, by the method that suits the model."""
 
-    def __init__(self, model: StableDiffusionModel, asked: PreviewMethod):
+    def __init__(self, model: StableDiffusionModel, asked: PreviewMethod, runner: ModelRunner | None = None):
         self.model = model
+        self.runner = runner  # the job's: its VAE graphs and compiled decoder serve previews too
         self.method = preview_method(asked, model)
         # Copied to the device once: a copy from pageable host memory waits for the device, every time.
         self._latent_rgb = SD_LATENT_RGB.to(model.policy.device)
@@ -96,7 +100,7 @@ class PreviewMaker:
         """Start a preview of `latents` (a step's x0 estimate); None when they cannot be shown (the cheap map
         knows 4-channel latents only)."""
         if self.method == "Full":
-            pixels, finite = vae_pixels(self.model, latents)
+            pixels, finite = vae_pixels(self.model, latents, self.runner)
         else:
             pixels = cheap_pixels(latents.detach(), self._latent_rgb)
             if pixels is None:

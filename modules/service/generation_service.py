@@ -220,7 +220,8 @@ class GenerationService:
                                             face_restoration_model=settings.face_restoration_model,
                                             code_former_weight=settings.code_former_weight,
                                             is_interrupted=lambda: job.interrupted)
-            reporter = JobStepReporter(job, model, PreviewSchedule.from_settings(settings))  # previews on this model
+            # Previews on this model, through its runner.
+            reporter = JobStepReporter(job, model, PreviewSchedule.from_settings(settings), resources.runner)
             result = run(model, request, outputs, reporter, resources, self.hooks)
             if persist_overrides and overrides:
                 self.settings.update(overrides)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modules.accel.runner import ModelRunner
 from modules.models.sd_model import StableDiffusionModel
 from modules.pipeline.live_preview import PendingPreview, PreviewMaker, PreviewMethod
 from modules.pipeline.progress import SamplingInterrupted, SamplingStep
@@ -39,9 +40,10 @@ class PreviewSchedule:
 class JobStepReporter:
     """The pipeline's step reporter for one job that runs on `model`."""
 
-    def __init__(self, job: Job, model: StableDiffusionModel, schedule: PreviewSchedule):
+    def __init__(self, job: Job, model: StableDiffusionModel, schedule: PreviewSchedule,
+                 runner: ModelRunner | None = None):
         self.job = job
-        self.previews = PreviewMaker(model, schedule.method)
+        self.previews = PreviewMaker(model, schedule.method, runner)
         self.schedule = schedule
         self._pending: PendingPreview | None = None  # at most one preview on its way, so none pile up
 
