@@ -105,7 +105,6 @@ class CudaGraphRunner:
         self.max_graphs = max_graphs
         self._graphs: OrderedDict[ShapeKey, _Captured] = OrderedDict()
         self._lock = threading.Lock()
-        self.capture_seconds: list[float] = []  # one entry per capture, for the benchmark and logs
 
     def __call__(self, **tensors: torch.Tensor | None):
         key = shape_key(tensors)
@@ -130,7 +129,6 @@ class CudaGraphRunner:
             return _clone(captured.output)
 
     def _capture(self, tensors: dict[str, torch.Tensor | None]) -> _Captured:
-        started = time.perf_counter()
         inputs = {name: None if t is None else t.detach().clone() for name, t in tensors.items()}
         side = _side_stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -143,7 +141,6 @@ class CudaGraphRunner:
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             output = self.fn(**inputs)
         torch.cuda.synchronize()
-        self.capture_seconds.append(time.perf_counter() - started)
         return _Captured(graph, inputs, output)
 
     def forget(self, key: ShapeKey) -> None:
