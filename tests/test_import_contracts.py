@@ -1,6 +1,7 @@
 """The shape of modules/ (README.md, Layout) is checked, not hoped for: the layers import only downwards,
 the UI and the API reach the device only through the service, and no module imports itself in a circle."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,31 @@ def test_the_cycle_finder_finds_a_cycle():
     graph.add_import(importer="pkg.c", imported="pkg.a")
     graph.add_import(importer="pkg.c", imported="pkg.d")
     assert _cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
+
+
+def _readme_tree() -> dict[str, str]:
+    """The Layout tree in README.md: package -> the text that describes it."""
+    lines = (ROOT / "README.md").read_text().split("      modules/\n", 1)[1].split("\n- ", 1)[0].splitlines()
+    tree: dict[str, str] = {}
+    package = None
+    for line in lines:
+        head = line[8:].split(" ", 1)[0] if line.startswith("        ") and not line.startswith("         ") else ""
+        if head.endswith("/"):
+            package = head.rstrip("/")
+            tree[package] = line
+        elif package is not None:
+            tree[package] += " " + line.strip()
+    return tree
+
+
+def test_readme_layout_names_every_package_and_module():
+    tree = _readme_tree()
+    packages = sorted(p.name for p in (ROOT / "modules").iterdir() if (p / "__init__.py").is_file())
+    assert sorted(tree) == packages
+    for package in packages:
+        folder = ROOT / "modules" / package
+        names = [p.stem for p in folder.glob("*.py") if p.stem != "__init__"]
+        names += [f"{p.name}/" for p in folder.iterdir() if (p / "__init__.py").is_file()]
+        words = re.split(r"[\s,;:()]+", tree[package])
+        missing = [name for name in names if name not in words]
+        assert not missing, f"README.md's Layout does not name modules/{package}/{missing}"
