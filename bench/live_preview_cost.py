@@ -70,12 +70,18 @@ def main(argv: list[str] | None = None) -> int:
             policy = DevicePolicy(device, torch.float16, torch.float16, torch.float16, cuda_graphs=True)
         model = load_ours(write_checkpoint(args.family, Path(work), str(device), args.tiny), device, policy)
         runner = ModelRunner(model, RunnerSettings.from_policy(model.policy))  # as the model manager makes it
-        for name, (method, every) in SCHEDULES.items():
-            schedule = PreviewSchedule(method, every)
+        schedules = {name: PreviewSchedule(method, every) for name, (method, every) in SCHEDULES.items()}
+        for schedule in schedules.values():
             generate(runner, case, schedule, 0)  # warm-up: graphs captured, allocator filled
-            runs = [generate(runner, case, schedule, 1 + i) for i in range(args.runs)]
-            seconds = statistics.median(s for s, _ in runs)
-            rows.append({"previews": name, "median_s": round(seconds, 4), "published": [n for _, n in runs]})
+        # Interleaved, so that a drift of the machine's speed during the run falls on every schedule alike.
+        runs = {name: [] for name in schedules}
+        for i in range(args.runs):
+            for name, schedule in schedules.items():
+                runs[name].append(generate(runner, case, schedule, 1 + i))
+        for name, timed in runs.items():
+            seconds = statistics.median(s for s, _ in timed)
+            rows.append({"previews": name, "median_s": round(seconds, 4), "runs_s": [round(s, 4) for s, _ in timed],
+                         "published": [n for _, n in timed]})
             print(f"{name:>20}: {seconds * 1000:8.1f} ms  previews published per image: {rows[-1]['published']}")
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"environment": environment(), "case": case.__dict__, "device": str(device),
