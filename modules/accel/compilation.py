@@ -52,7 +52,7 @@ class CompileSettings:
 # What --compile uses for the UNet and the VAE decoder. One launch configuration per pointwise kernel
 # ("quick"): the compile helpers (compile_helpers.py) share one GPU, and timing several configurations
 # of every kernel there is what made them slow (bench/RESULTS.md). Deep transformers (SDXL's ten-layer
-# ones) compiled layer by layer: the SDXL warm-up took 55 s instead of over 80 s.
+# ones) compiled layer by layer, which shortens SDXL's warm-up (bench/RESULTS.md, figures behind choices).
 COMPILE_SETTINGS = CompileSettings(regions="layers", quick=True)
 
 
@@ -148,8 +148,8 @@ def _options(settings: CompileSettings) -> dict[str, object]:
     if settings.mm1x1:
         options["conv_1x1_as_mm"] = True
     if settings.quick:
-        # Most of a first compilation is spent compiling Triton kernels (on the CPU, 46 of 88 s waiting
-        # for kernel builds against 3 s of tracing); pointwise kernels otherwise build several variants.
+        # Most of a first compilation is spent building Triton kernels, not tracing (bench/RESULTS.md,
+        # figures behind choices); pointwise kernels otherwise build several variants.
         options["triton.autotune_pointwise"] = False
     return options
 

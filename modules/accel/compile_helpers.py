@@ -39,7 +39,7 @@ from modules.accel.compilation import CompileSettings, compiled_for_inference
 ROOT = Path(__file__).resolve().parents[2]
 HELPER_TIMEOUT_S = 900
 # Per helper, beyond its copy of the weights: the CUDA context, one forward's activations and the
-# workspaces of the kernels being tuned (SDXL at 1024x1024 needs about 1.5 GiB).
+# workspaces of the kernels being tuned (SDXL's at 1024x1024 are the largest: bench/RESULTS.md).
 HELPER_OVERHEAD_BYTES = 2 * 2**30
 MAX_HELPERS = 4
 # A pooled helper that no job reaches in this time (the model failed to load, or needs fewer helpers
@@ -263,7 +263,7 @@ def _build(job: Job) -> torch.nn.Module:
 
     model_class = UNet2DConditionModel if job.part == "unet" else AutoencoderKL
     # The compiled program does not depend on the weights' values: the module is made without any
-    # (diffusers' initialisation of SDXL's UNet takes 20 s on a CPU) and filled with noise where it runs.
+    # (diffusers' random initialisation of SDXL's UNet is slow on a CPU) and filled with noise where it runs.
     with torch.device("meta"):
         module = model_class.from_config(job.config)
     module = module.to(getattr(torch, job.dtype)).to_empty(device=job.device)
@@ -336,5 +336,5 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     code = main(sys.argv[1:])
     # Everything is in the on-disk cache by now; an orderly exit (the compile workers, the CUDA context)
-    # took another 4 s on a 16-core host, which the serving process would wait for.
+    # takes seconds more, which the serving process would wait for.
     os._exit(code)

@@ -2,7 +2,7 @@
 
 In each cross-attention layer the keys and values are projections of the prompt's embeddings, which
 stay the same from one step to the next: 32 matrix products per SD1.5 step and 140 per SDXL step
-recompute the same result (0.16 and 0.90 ms of an H200's time per step, bench/RESULTS.md). Here they
+recompute the same result (their cost per step is in bench/RESULTS.md). Here they
 are computed when the context changes and kept as buffers of the attention modules, which
 `ProjectedCrossAttention` reads in place of the two projections. The computation is the same call on
 the same tensor, so the keys and values are bit-identical to the ones computed at every step.

@@ -73,8 +73,8 @@ class ImageFacts:
 
 
 def _next_number(folder: Path) -> int:
-    """One more than the highest leading number in the folder. The scan takes 15 ms for 10,000 files,
-    so it is repeated only when the folder changed since this process last saved into it (its
+    """One more than the highest leading number in the folder. The scan grows with the folder, so it
+    is repeated only when the folder changed since this process last saved into it (its
     modification time says so: other programs' files, deletions)."""
     known = _next_numbers.get(folder)
     if known is not None and known[1] == folder.stat().st_mtime_ns:

@@ -1,7 +1,7 @@
 """PNG files written with the image data compressed on several threads at once.
 
-Pillow compresses a PNG on one thread, at zlib level 6 by default: 70 ms for a 512x512 image and
-360 ms for 1024x1024 on a small server CPU, which is longer than a fast GPU takes to make the image.
+Pillow compresses a PNG on one thread, at zlib level 6 by default, which on a small server CPU takes
+longer than a fast GPU takes to make the image (bench/RESULTS.md, figures behind choices).
 No maintained Python package writes PNG in parallel, so this module does it the way pigz does gzip:
 the filtered rows are cut into pieces, each piece is deflated on its own thread (zlib-ng releases the
 GIL), primed with the 32 KiB before it so compression barely suffers, ended on a byte boundary with

@@ -50,8 +50,8 @@ class StableDiffusionModel:
         for encoder in self.text_encoders:
             encoder.device = encoder.device or self.policy.device
         # The VAE decoder's full-resolution convolutions in NCHW need cuDNN workspace for layout
-        # transposes: the largest transient of a 512x512 job, 610 MiB against 448 MiB in NHWC for
-        # 4.7 ms more per decode (bench/RESULTS.md). Memory is what a smaller card runs out of.
+        # transposes, the largest transient of a job; NHWC costs a little time per decode instead
+        # (bench/RESULTS.md, figures behind choices). Memory is what a smaller card runs out of.
         on_gpu = self.policy.device.type == "cuda"
         self.vae.to(memory_format=torch.channels_last if on_gpu else torch.contiguous_format)
 

@@ -135,7 +135,7 @@ class Vocabulary:
     def of(cls, encoder: TextEncoder) -> Vocabulary:
         tok = encoder.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        # One lookup, not get_vocab(): that copies all 49,408 entries (16 ms, twice per image).
+        # One lookup, not get_vocab(): that copies the whole vocabulary, twice per image.
         comma = tok.convert_tokens_to_ids(",</w>")
         return cls(tok, tok.bos_token_id, tok.eos_token_id, pad, None if comma == tok.unk_token_id else comma)
 
