@@ -51,7 +51,7 @@ def _split_list(value: str | None) -> list[str]:
 
 
 def guard_config(args):
-    """The checks every request passes (modules/http_guard.py), from the command line."""
+    """The checks every request passes (modules/app/http_guard.py), from the command line."""
     from modules.app.api.auth import parse_credentials
     from modules.app.http_guard import GuardConfig, host_names_for
 

@@ -73,7 +73,7 @@ main() {
 
     install_dir="${install_dir:-$script_dir}"
     venv_dir="${venv_dir:-venv}"
-    # launch.py (through modules/cmd_args.py) reads these from the environment.
+    # launch.py (through modules/app/cmd_args.py) reads these from the environment.
     export COMMANDLINE_ARGS TORCH_COMMAND REQS_FILE
 
     local skip_version_check=0

@@ -1,7 +1,7 @@
 """Each GPU optimisation on its own: UNet step, VAE decode, text encoder and PNG, before and after.
 
 Random weights of the real SD 1.5 / SDXL architectures (speed does not depend on weight values). Every
-GPU timing is the median of CUDA-event timings of graph replays (modules/cuda_graphs.py), so host
+GPU timing is the median of CUDA-event timings of graph replays (modules/accel/cuda_graphs.py), so host
 overhead is out of the picture and what remains is the kernels' own time. Compiled variants record
 their compile time the first time and again from the on-disk cache after `torch._dynamo.reset()`.
 
@@ -299,7 +299,7 @@ def bench_png(report: Report) -> None:
                 times.append((time.perf_counter() - started) * 1000)
             report.add(case=f"PNG {size}x{size}", variant=label, ms=round(statistics.median(times), 2),
                        bytes=len(data), cpu_count=os.cpu_count())
-        report.add(case=f"PNG {size}x{size}", variant="atomic write + fsync (modules/image_saving.py)",
+        report.add(case=f"PNG {size}x{size}", variant="atomic write + fsync (modules/io/image_saving.py)",
                    ms=_atomic_write_ms(image, data))
 
 

@@ -108,5 +108,5 @@ def test_server_on_a_fresh_data_dir_makes_an_image(tmp_path, shipped_upscaler):
     image = Image.open(io.BytesIO(base64.b64decode(encoded)))
     assert image.format == "PNG" and image.size == (128, 128)
     assert "no checkpoint found" not in log
-    # The start itself prints no library deprecation warning (see modules/spandrel_models.py).
+    # The start itself prints no library deprecation warning (see modules/postprocess/spandrel_models.py).
     assert "torch.jit.script" not in log

@@ -1,4 +1,4 @@
-"""The launcher layer: launch.py, webui.sh, run_tests.sh and modules/launch_utils.py."""
+"""The launcher layer: launch.py, webui.sh, run_tests.sh and modules/app/launch_utils.py."""
 
 from __future__ import annotations
 

@@ -390,7 +390,7 @@ def test_T13_pickle_rce_in_ckpt(tmp_path):
     with pytest.raises(safe_load.UnsafeModelFileError):
         safe_load.load_state_dict(path)
     assert not canary.exists()
-    assert not [line for line in Path(ROOT / "modules" / "cmd_args.py").read_text().splitlines()
+    assert not [line for line in Path(ROOT / "modules" / "app" / "cmd_args.py").read_text().splitlines()
                 if "unsafe" in line.lower() and "add_argument" in line]  # no global off switch
 
 

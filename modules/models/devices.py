@@ -16,7 +16,7 @@ class DevicePolicy:
     text_encoder_dtype: torch.dtype
     cuda_graphs: bool = False  # replay the UNet, VAE decoder and text encoders from CUDA graphs
     compile: bool = False  # also compile them with Inductor, in the background (modules/accel/compilation.py)
-    memory_mode: str = "normal"  # "normal" | "medvram" | "lowvram" (modules/memory_modes.py)
+    memory_mode: str = "normal"  # "normal" | "medvram" | "lowvram" (modules/models/memory_modes.py)
     compile_helpers: int | None = None  # processes that share a first compilation; None: from the cores
 
     @property

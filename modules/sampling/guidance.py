@@ -91,7 +91,7 @@ def evaluate_conds(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, con
                    memo: dict | None = None) -> list[torch.Tensor]:
     """x0 for each cond: one batched call if shapes allow, else one call per cond. `memo` keeps the
     prepared conds between calls with the same conds, so the model sees the same tensors at every step
-    (it computes what depends on them only once, see modules/context_projections.py)."""
+    (it computes what depends on them only once, see modules/accel/context_projections.py)."""
     batch = x.shape[0]
     key = (batch, len(conds))
     if memo is not None and key in memo:

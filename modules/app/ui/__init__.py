@@ -1,1 +1,1 @@
-"""The Gradio page, one module per tab over the typed request model (composed by modules/ui.py)."""
+"""The Gradio page, one module per tab over the typed request model (composed by page.py)."""

@@ -1,5 +1,5 @@
 """The style editor that ✎ opens under the prompt row: name, prompt and negative prompt of a style,
-saved to (or deleted from) styles.csv through modules/styles.py, which writes the file atomically.
+saved to (or deleted from) styles.csv through modules/io/styles.py, which writes the file atomically.
 
 Opened with styles chosen, it shows the first of them; with none, it starts from the prompts on the
 page, so a prompt worth keeping becomes a style by giving it a name. After a change every styles
