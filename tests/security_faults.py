@@ -4,7 +4,9 @@
 installed (tests/server_process.py, `script=FAULTY_SERVER`):
 
     a generation whose prompt contains OOM_MARKER raises torch.cuda.OutOfMemoryError at sampler
-    step OOM_AT_STEP, as a GPU that runs out of memory mid-job does.
+    step OOM_AT_STEP, as a GPU that runs out of memory mid-job does;
+    a pipeline hook named FAILING_HOOK raises before the first batch of a generation whose prompt
+    contains HOOK_FAILURE_MARKER, as a broken extension would.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ FAULTY_SERVER = Path(__file__)
 
 OOM_MARKER = "__inject_cuda_oom__"
 OOM_AT_STEP = 3
+HOOK_FAILURE_MARKER = "__inject_hook_failure__"
+FAILING_HOOK = "injected-failure"
 
 
 class _Arming(threading.local):
@@ -37,7 +41,13 @@ def _oom_at_step(job) -> None:
     job.progress.on_step = on_step
 
 
+def _fail_when_marked(ctx) -> None:
+    if HOOK_FAILURE_MARKER in ctx.job.request.prompt:
+        raise RuntimeError("the injected hook failure")
+
+
 def install(service) -> None:
+    service.hooks.add("before_batch", _fail_when_marked, name=FAILING_HOOK)
     arming = _Arming()
     submit_generation, submit_job = service.submit, service.queue.submit
 

@@ -25,7 +25,7 @@ import requests
 from PIL import Image
 
 from pickle_payloads import WritesCanary
-from security_faults import FAULTY_SERVER, OOM_MARKER
+from security_faults import FAILING_HOOK, FAULTY_SERVER, HOOK_FAILURE_MARKER, OOM_MARKER
 from server_process import ROOT, ServerProcess
 
 pytestmark = pytest.mark.security
@@ -520,6 +520,16 @@ def test_T19_cuda_out_of_memory_fails_only_that_job(server):
     failed = api_post(server, "txt2img", {**CHEAP, "steps": 6, "prompt": f"a cat {OOM_MARKER}"})
     assert failed.status_code == 503
     assert "ran out of memory" in failed.json()["detail"] and "Traceback" not in failed.text
+    after = api_post(server, "txt2img", {**CHEAP, "prompt": "a cat"})
+    assert after.status_code == 200 and len(after.json()["images"]) == 1
+
+
+def test_T19_a_failing_hook_fails_only_that_job_and_says_which(server):
+    failed = api_post(server, "txt2img", {**CHEAP, "prompt": f"a cat {HOOK_FAILURE_MARKER}"})
+    assert failed.status_code == 500
+    detail = failed.json()["detail"]
+    assert f"Hook '{FAILING_HOOK}' failed at before_batch" in detail and "the injected hook failure" in detail
+    assert "Traceback" not in failed.text
     after = api_post(server, "txt2img", {**CHEAP, "prompt": "a cat"})
     assert after.status_code == 200 and len(after.json()["images"]) == 1
 
