@@ -14,13 +14,15 @@ import requests
 
 from browser import (BOTH_WIDTHS, DESKTOP, close_toasts, data_dir_with_embedded_model, open_tab, save_artifact,
                      set_number, ui_page, wait_for_toast)
+from security_faults import FAILING_HOOK, FAULTY_SERVER, HOOK_FAILURE_MARKER
 from server_process import ServerProcess
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """The server with the test faults installed: they act only on prompts that carry their marker."""
     data = data_dir_with_embedded_model(tmp_path_factory.mktemp("checks"))
-    with ServerProcess("--api", data_dir=data) as running:
+    with ServerProcess("--api", data_dir=data, script=FAULTY_SERVER) as running:
         yield running
 
 
@@ -83,6 +85,21 @@ def test_width_not_a_multiple_of_8_is_rounded_down_as_the_api_does(page):
     page.locator("#txt2img_generate").click()
     page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Size: 128x')",
                            timeout=90_000)
+
+
+def test_a_failing_hook_is_named_on_the_page_and_the_next_run_works(page, server, request):
+    page.locator("#txt2img_prompt textarea").fill(f"a red circle {HOOK_FAILURE_MARKER}")
+    set_number(page, "txt2img_steps", 3)
+    page.locator("#txt2img_generate").click()
+    message = wait_for_toast(page, f"Hook '{FAILING_HOOK}' failed at before_batch")
+    assert "the injected hook failure" in message
+    save_artifact(page, request.node.name, full_page=False)
+    close_toasts(page)
+    page.locator("#txt2img_prompt textarea").fill("a red circle")
+    page.locator("#txt2img_generate").click()
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Done in')",
+                           timeout=90_000)
+    assert "Traceback" not in message
 
 
 def test_a_new_error_clears_the_last_runs_done_text(page, request):

@@ -153,7 +153,9 @@ def stream_job(ctx, active: ActiveJobs, tab: str, session: str, area: ProgressAr
     A generator for a Gradio handler: every item is a dict of component updates. Interrupted
     sampling still returns the images made so far, as AUTOMATIC1111 does.
     """
+    from modules.app.short_errors import short_message
     from modules.app.ui.common import USER_ERRORS, user_error
+    from modules.service.failures import SELF_EXPLAINING_FAILURES
 
     try:
         job = submit()
@@ -185,5 +187,8 @@ def stream_job(ctx, active: ActiveJobs, tab: str, session: str, area: ProgressAr
     except USER_ERRORS as e:
         yield {area.bar: finished_html(job, seconds), **unfinished}
         raise user_error(e) from None
+    except SELF_EXPLAINING_FAILURES as e:  # the server's failure, whose message says what failed (logged there)
+        yield {area.bar: finished_html(job, seconds), **unfinished}
+        raise gr.Error(short_message(str(e)), print_exception=False) from None
     outputs, note = finish(result)
     yield {**outputs, area.bar: finished_html(job, seconds, note)}
