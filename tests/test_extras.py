@@ -7,10 +7,9 @@ from PIL import Image
 from pydantic import ValidationError
 from spandrel.architectures.ESRGAN import ESRGAN
 
-from modules.io.extras_request import ExtrasRequest
+from modules.io.extras_request import ExtrasFieldError, ExtrasRequest
 from modules.postprocess.extras import run_extras
 from modules.postprocess.upscaler_models import TileSettings, UpscalerRegistry
-from modules.postprocess.upscalers import UnknownUpscalerError
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +58,10 @@ def test_no_upscaler_leaves_the_size_alone(models, picture):
 
 
 def test_unknown_upscaler_is_named_before_any_work(models, picture):
-    with pytest.raises(UnknownUpscalerError, match="R-ESRGAN 8x"):
+    with pytest.raises(ExtrasFieldError, match="R-ESRGAN 8x") as refused:
         run_extras(picture, ExtrasRequest(upscaler_1="Lanczos", upscaler_2="R-ESRGAN 8x",
                                            extras_upscaler_2_visibility=0.5), models, None)
+    assert refused.value.field == "upscaler_2"
 
 
 def test_too_large_a_result_is_refused(models, picture):

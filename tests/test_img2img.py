@@ -115,3 +115,14 @@ def test_hires_resize_to(sd1):
 def test_img2img_needs_an_image():
     with pytest.raises(ValueError, match="at least one init image"):
         Img2ImgRequest(prompt="x", init_images=[])
+
+
+@pytest.mark.parametrize("strength", [0.05, 0.5, 0.75, 1.0])
+def test_progress_announces_the_steps_img2img_runs(sd1, strength):
+    from modules.service.generation_service import expected_progress
+
+    request = _request(steps=20, denoising_strength=strength)
+    reported = []
+    img2img(sd1, request, None, callback=lambda step: reported.append((step.index, step.total)))
+    _, announced = expected_progress(request)
+    assert announced == len(reported) == reported[0][1]

@@ -151,18 +151,21 @@ def stop_early(sigmas: torch.Tensor, fraction: float) -> torch.Tensor:
     return sigmas if keep >= steps else torch.cat([sigmas[:keep], sigmas.new_zeros(1)])
 
 
+def img2img_step_count(steps: int, strength: float) -> int:
+    """Steps an img2img pass runs: the tail of a `steps`-step schedule from the noise level `strength`,
+    int(strength * steps) + 1 of them (AUTOMATIC1111's rule)."""
+    return int(min(strength, 0.999) * steps) + 1
+
+
 def img2img_sigmas(sigmas_for_steps: Callable[[int], torch.Tensor], steps: int, strength: float,
                    fixed_steps: bool) -> torch.Tensor:
-    """The tail of a schedule that starts at the noise level `strength` (AUTOMATIC1111's rule).
-
-    By default only int(strength * steps) of `steps` steps run; with `fixed_steps` (the hires pass),
-    the schedule is stretched to steps / strength so that exactly `steps` steps run.
+    """The tail of a schedule that starts at the noise level `strength` (img2img_step_count steps); with
+    `fixed_steps` (the hires pass), the schedule is stretched to steps / strength so that `steps` steps run.
     """
-    strength = min(strength, 0.999)
     if fixed_steps:
-        total, t_enc = int(steps / strength), steps - 1
+        total, t_enc = int(steps / min(strength, 0.999)), steps - 1
     else:
-        total, t_enc = steps, int(strength * steps)
+        total, t_enc = steps, img2img_step_count(steps, strength) - 1
     sigmas = sigmas_for_steps(total)
     return sigmas[total - t_enc - 1:]
 

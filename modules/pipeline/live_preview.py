@@ -20,6 +20,7 @@ from PIL import Image
 
 from modules.accel.runner import ModelRunner
 from modules.models.sd_model import StableDiffusionModel
+from modules.pipeline.vae_codec import to_bytes, vae_decode
 
 PreviewMethod = Literal["Approx cheap", "Full"]
 
@@ -37,27 +38,20 @@ def preview_method(asked: PreviewMethod, model: StableDiffusionModel) -> Preview
     return asked if model.policy.memory_mode == "normal" else "Approx cheap"
 
 
-def _to_uint8(rgb: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] RGB in any layout -> 0..255 bytes."""
-    return ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
-
-
 def cheap_pixels(latents: torch.Tensor, latent_rgb: torch.Tensor) -> torch.Tensor | None:
     """[B, 4, h, w] latents -> [B, h, w, 3] bytes on the latents' device (`latent_rgb`: SD_LATENT_RGB there);
     None for other shapes."""
     if latents.ndim != 4 or latents.shape[1] != latent_rgb.shape[0]:
         return None
-    return _to_uint8(torch.einsum("blhw,lr->bhwr", latents.float(), latent_rgb))
+    return to_bytes(torch.einsum("blhw,lr->bhwr", latents.float(), latent_rgb))
 
 
 @torch.no_grad()
-def vae_pixels(model: StableDiffusionModel, latents: torch.Tensor,
-               runner: ModelRunner | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, H, W, 3] bytes decoded by the model's VAE in the dtype it has now (through `runner`, the job's,
-    when given), and whether every value was finite (a device scalar: reading it would wait for the decode)."""
-    decode = model.vae_decode if runner is None else runner.vae_decode
-    decoded = decode((latents / model.scale_factor).to(model.policy.device, model.policy.vae_dtype))
-    return _to_uint8(decoded.permute(0, 2, 3, 1)), torch.isfinite(decoded).all()
+def vae_pixels(runner: ModelRunner, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, H, W, 3] bytes decoded by the job's runner with the VAE in the dtype it has now, and whether every
+    value was finite (a device scalar: reading it would wait for the decode)."""
+    decoded = vae_decode(runner, latents, runner.model.policy.vae_dtype)
+    return to_bytes(decoded.permute(0, 2, 3, 1)), torch.isfinite(decoded).all()
 
 
 def _to_pinned_host(tensor: torch.Tensor) -> torch.Tensor:
@@ -90,7 +84,8 @@ class PreviewMaker:
 
     def __init__(self, model: StableDiffusionModel, asked: PreviewMethod, runner: ModelRunner | None = None):
         self.model = model
-        self.runner = runner  # the job's: its VAE graphs and compiled decoder serve previews too
+        # The job's runner: its VAE graphs and compiled decoder serve previews too.
+        self.runner = runner or ModelRunner(model)
         self.method = preview_method(asked, model)
         # Copied to the device once: a copy from pageable host memory waits for the device, every time.
         self._latent_rgb = SD_LATENT_RGB.to(model.policy.device)
@@ -100,7 +95,7 @@ class PreviewMaker:
         """Start a preview of `latents` (a step's x0 estimate); None when they cannot be shown (the cheap map
         knows 4-channel latents only)."""
         if self.method == "Full":
-            pixels, finite = vae_pixels(self.model, latents, self.runner)
+            pixels, finite = vae_pixels(self.runner, latents)
         else:
             pixels = cheap_pixels(latents.detach(), self._latent_rgb)
             if pixels is None:

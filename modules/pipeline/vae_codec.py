@@ -20,9 +20,15 @@ class NonFiniteImageError(RuntimeError):
     """The VAE produced NaN or infinite pixels even in float32: no image (and no black PNG) is made."""
 
 
-def _vae_decode(runner: ModelRunner, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def vae_decode(runner: ModelRunner, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Scaled latents -> [B, 3, H, W] pixels in [-1, 1], by the runner's VAE decoder in `dtype`."""
     scaled = (latents / runner.model.scale_factor).to(runner.model.policy.device, dtype)
     return runner.vae_decode(scaled)
+
+
+def to_bytes(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1], in any layout -> 0..255 bytes."""
+    return ((pixels + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
 def _switch_vae_to_float32(runner: ModelRunner) -> None:
@@ -46,15 +52,14 @@ def decode_latents(model: StableDiffusionModel, latents: torch.Tensor,
     if not torch.isfinite(latents).all():
         raise NonFiniteImageError("sampling produced NaN or infinite latents; no image was made")
     runner = runner or ModelRunner(model)
-    pixels = _vae_decode(runner, latents, model.policy.vae_dtype)
+    pixels = vae_decode(runner, latents, model.policy.vae_dtype)
     if not torch.isfinite(pixels).all() and model.policy.vae_dtype != torch.float32:
         _switch_vae_to_float32(runner)
-        pixels = _vae_decode(runner, latents, torch.float32)
+        pixels = vae_decode(runner, latents, torch.float32)
     if not torch.isfinite(pixels).all():
         raise NonFiniteImageError("the VAE produced NaN or infinite pixels even in float32; no image was saved "
                                   "(try another VAE or checkpoint)")
-    pixels = ((pixels + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
-    array = pixels.permute(0, 2, 3, 1).cpu().numpy()
+    array = to_bytes(pixels).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
 
 

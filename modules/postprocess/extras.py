@@ -8,12 +8,12 @@ costs less and the upscaler then enlarges the restored detail.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
 
-from modules.io.extras_request import RESIZE_TO, ExtrasRequest
+from modules.io.extras_request import RESIZE_BY, RESIZE_TO, ExtrasFieldError, ExtrasRequest, ExtrasSource
 from modules.postprocess import upscalers
 from modules.postprocess.face_restoration import FaceRestorers, not_installed_note
 from modules.postprocess.upscaler_models import UpscalerRegistry
@@ -43,6 +43,24 @@ def upscaled_size(width: int, height: int, request: ExtrasRequest) -> tuple[int,
     return round(width * scale), round(height * scale)
 
 
+def check_extras(request: ExtrasRequest, sources: Sequence[ExtrasSource], models: UpscalerRegistry | None) -> None:
+    """ExtrasFieldError for a name this server does not know or a result larger than MAX_SIDE: checked before
+    a job is queued, and again by the job (a model file may have gone meanwhile)."""
+    for name in ("upscaler_1", "upscaler_2"):
+        try:
+            upscalers.check_pixel_upscaler(getattr(request, name), models, with_latent_modes=False)
+        except upscalers.UnknownUpscalerError as e:
+            raise ExtrasFieldError(name, str(e)) from None
+    if request.upscaler_1 == "None":
+        return
+    for source in sources:
+        width, height = upscaled_size(source.image.width, source.image.height, request)
+        if max(width, height) > MAX_SIDE:
+            raise ExtrasFieldError("upscaling_resize" if request.resize_mode == RESIZE_BY else "upscaling_resize_w",
+                                   f"{source.field} would become {width}x{height}; the largest side allowed is "
+                                   f"{MAX_SIDE}")
+
+
 def _centre_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     left, top = (image.width - size[0]) // 2, (image.height - size[1]) // 2
     return image.crop((left, top, left + size[0], top + size[1]))
@@ -52,8 +70,6 @@ def _upscale(image: Image.Image, request: ExtrasRequest, models: UpscalerRegistr
              info: dict[str, object], check_interrupt: Callable[[], None] | None) -> Image.Image:
     _, crop = target_size(image.width, image.height, request)
     width, height = upscaled_size(image.width, image.height, request)
-    if max(width, height) > MAX_SIDE:
-        raise ValueError(f"the upscaled image would be {width}x{height}; the largest side allowed is {MAX_SIDE}")
     first = upscalers.upscale_image(image, request.upscaler_1, width, height, models, check_interrupt)
     if request.resize_mode == RESIZE_TO:
         info["Postprocess upscale to"] = f"{request.upscaling_resize_w}x{request.upscaling_resize_h}"
@@ -91,9 +107,8 @@ def _restore_faces(image: Image.Image, request: ExtrasRequest, restorers: FaceRe
 def run_extras(image: Image.Image, request: ExtrasRequest, upscaler_models: UpscalerRegistry | None,
                face_restorers: FaceRestorers | None,
                check_interrupt: Callable[[], None] | None = None) -> ExtrasResult:
-    """Post-process one image. Raises ValueError (upscalers.UnknownUpscalerError) naming a bad setting."""
-    for name in (request.upscaler_1, request.upscaler_2):
-        upscalers.check_pixel_upscaler(name, upscaler_models, with_latent_modes=False)
+    """Post-process one image. Raises ExtrasFieldError (a ValueError) naming a bad setting."""
+    check_extras(request, [ExtrasSource(image)], upscaler_models)
     info: dict[str, object] = {}
     notes: list[str] = []
     wants_upscale = request.upscaler_1 != "None"  # as in AUTOMATIC1111: no first upscaler, no resize

@@ -12,11 +12,9 @@ from pathlib import Path
 from PIL import Image
 
 from modules.io import image_saving
-from modules.io.extras_request import RESIZE_BY, ExtrasFieldError, ExtrasRequest, ExtrasSource
+from modules.io.extras_request import ExtrasRequest, ExtrasSource
 from modules.io.image_saving import ImageFacts, SaveOptions
-from modules.postprocess import upscalers
-from modules.postprocess.extras import MAX_SIDE, run_extras, upscaled_size
-from modules.postprocess.upscaler_models import UpscalerRegistry
+from modules.postprocess.extras import run_extras
 from modules.service.job_queue import Job
 from modules.service.model_manager import ModelManager
 
@@ -33,23 +31,6 @@ class ExtrasOutput:
     def infotext(self) -> str:
         """The source's parameters followed by what extras did: what the saved file carries."""
         return ", ".join(part for part in (self.source_parameters, self.info) if part)
-
-
-def check_extras(request: ExtrasRequest, sources: Sequence[ExtrasSource], models: UpscalerRegistry) -> None:
-    """ExtrasFieldError for a name this server does not know or a result larger than MAX_SIDE."""
-    for name in ("upscaler_1", "upscaler_2"):
-        try:
-            upscalers.check_pixel_upscaler(getattr(request, name), models, with_latent_modes=False)
-        except upscalers.UnknownUpscalerError as e:
-            raise ExtrasFieldError(name, str(e)) from None
-    if request.upscaler_1 == "None":
-        return
-    for source in sources:
-        width, height = upscaled_size(source.image.width, source.image.height, request)
-        if max(width, height) > MAX_SIDE:
-            raise ExtrasFieldError("upscaling_resize" if request.resize_mode == RESIZE_BY else "upscaling_resize_w",
-                                   f"{source.field} would become {width}x{height}; the largest side allowed is "
-                                   f"{MAX_SIDE}")
 
 
 def extras_work(request: ExtrasRequest, sources: Sequence[ExtrasSource], manager: ModelManager,

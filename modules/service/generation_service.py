@@ -25,12 +25,14 @@ from modules.io.generation_request import Img2ImgRequest, Txt2ImgRequest
 from modules.io.extras_request import ExtrasRequest, ExtrasSource
 from modules.io.image_saving import SaveOptions
 from modules.service.catalog import Catalog
-from modules.service.extras import check_extras, extras_work
+from modules.postprocess.extras import check_extras
+from modules.service.extras import extras_work
 from modules.service.job_queue import Job, JobQueue
 from modules.service.model_manager import ModelManager, UnknownCheckpointError
 from modules.pipeline.builtin_hooks import builtin_hooks
 from modules.pipeline.hires import hires_size
 from modules.pipeline.hooks import Hooks
+from modules.pipeline.latent_sampling import img2img_step_count
 from modules.pipeline.job import GenerationResult, Resources
 from modules.pipeline.processing import img2img, txt2img
 from modules.pipeline.prompts.preparation import prepare_request
@@ -80,8 +82,7 @@ def expected_progress(request: Txt2ImgRequest) -> tuple[int, int]:
     passes = request.n_iter * (2 if request.enable_hr else 1)
     steps = request.steps
     if isinstance(request, Img2ImgRequest):
-        # The tail of the schedule from the strength's noise level: int(strength * steps) + 1 steps run.
-        steps = int(min(request.denoising_strength, 0.999) * request.steps) + 1
+        steps = img2img_step_count(request.steps, request.denoising_strength)
     return passes, steps
 
 
