@@ -11,8 +11,6 @@ import gc
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import torch
 
 from modules.accel.compile_helpers import HelperPool, pool_for_load
@@ -27,11 +25,9 @@ from modules.io.paths import SHIPPED_CHECKPOINTS, Paths
 from modules.models.safe_load import ModelFileError
 from modules.models.sd_loader import inspect_checkpoint, load_checkpoint
 from modules.models.sd_model import StableDiffusionModel
+from modules.pipeline.job import Resources
 from modules.postprocess.face_restoration import FaceRestorers
 from modules.postprocess.upscaler_models import UpscalerRegistry
-
-if TYPE_CHECKING:  # for the annotation only; resources() imports it when called
-    from modules.pipeline.job import Resources
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +121,6 @@ class ModelManager:
 
     def resources(self, model: StableDiffusionModel | None = None) -> Resources:
         """Upscalers, LoRA files, styles, and the embeddings and runner that fit `model`, for one generation."""
-        from modules.pipeline.job import Resources
-
         return Resources(upscalers=self.upscalers, face_restorers=self.face_restorers,
                          lora_files=list(self.lora_files), lora_cache=self.lora_cache,
                          embeddings=self.embeddings_for(model) if model is not None else None,
